@@ -1,0 +1,46 @@
+"""linear-quant-compat: keep torch_npu's deprecated ``LinearA8W8Quant`` working.
+
+Public names are resolved lazily (PEP 562) so that ``import compat`` does not import
+torch: the start-up hook and ``python -m compat doctor`` depend on that.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from compat._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from compat.nn.linear_quant import LinearQuant
+    from compat.ops.encoding import decode_quant_param, trans_quant_param
+    from compat.ops.quant_matmul import quant_matmul
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "quant_matmul": "compat.ops.quant_matmul",
+    "trans_quant_param": "compat.ops.encoding",
+    "decode_quant_param": "compat.ops.encoding",
+    "LinearQuant": "compat.nn.linear_quant",
+}
+
+__all__ = [
+    "LinearQuant",
+    "__version__",
+    "decode_quant_param",
+    "quant_matmul",
+    "trans_quant_param",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'compat' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # cache: later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

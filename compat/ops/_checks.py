@@ -1,0 +1,39 @@
+"""Argument checking helpers: every message names the argument, the value got and
+what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    return "None" if dtype is None else str(dtype)
+
+
+def allowed(values: Iterable[object]) -> str:
+    names = [dtype_name(v) if isinstance(v, torch.dtype) or v is None else repr(v) for v in values]
+    return ", ".join(names) if names else "nothing"
+
+
+def require_tensor(func: str, name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{func}: argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def require_dtype(
+    func: str, name: str, tensor: torch.Tensor, allowed_dtypes: Iterable[torch.dtype], context: str = ""
+) -> None:
+    allowed_list = list(allowed_dtypes)
+    if tensor.dtype not in allowed_list:
+        where = f" {context}" if context else ""
+        raise TypeError(
+            f"{func}: argument {name!r} has dtype {tensor.dtype}; allowed{where}: "
+            f"{allowed(allowed_list)}"
+        )
+
+
+def shape_str(tensor: torch.Tensor) -> str:
+    return f"({', '.join(str(d) for d in tensor.shape)}{',' if tensor.dim() == 1 else ''})"

@@ -1,0 +1,335 @@
+"""``compat.quant_matmul``: the contract of ``torch_npu.npu_quant_matmul`` (spec §2).
+
+Arguments are validated against the Atlas A2/A3 dtype table (spec §2.5) and the shape
+rules (spec §2.6) before anything runs, on every backend, so that code tested here fails
+the same way it would on an NPU. Nothing is cast silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compat.ops import backend
+from compat.ops._checks import allowed, require_tensor, shape_str
+from compat.ops.reference import reference_quant_matmul
+
+_FUNC = "quant_matmul"
+OUTPUT_DTYPES = (torch.int8, torch.float16, torch.bfloat16, torch.int32)
+MAX_LAST_DIM = 65535
+_MIN_RANK, _MAX_RANK = 2, 6
+
+_I8, _I32, _I64 = torch.int8, torch.int32, torch.int64
+_F16, _BF16, _F32 = torch.float16, torch.bfloat16, torch.float32
+
+# (A4W4?, output dtype, pertoken given?) -> allowed dtypes (None = may be omitted) of
+# scale, offset, bias, pertoken_scale. Atlas A2/A3 table of spec §2.5, tightened by the
+# torch_npu meta checks. A missing key is an illegal combination.
+_Row = dict[str, tuple[torch.dtype | None, ...]]
+_TABLE: dict[tuple[bool, torch.dtype, bool], _Row] = {
+    (False, _I8, False): {"scale": (_I64, _F32), "offset": (_F32, None), "bias": (_I32, None)},
+    (False, _F16, False): {"scale": (_I64, _F32), "offset": (None,), "bias": (_I32, None)},
+    (False, _F16, True): {"scale": (_F32,), "offset": (None,), "bias": (_I32, _F16, _F32, None)},
+    (False, _BF16, False): {"scale": (_F32, _BF16), "offset": (None,), "bias": (_I32, _BF16, _F32, None)},
+    (False, _BF16, True): {"scale": (_F32, _BF16), "offset": (None,), "bias": (_I32, _BF16, _F32, None)},
+    (False, _I32, False): {"scale": (_F32, _BF16), "offset": (None,), "bias": (_I32, None)},
+    (True, _F16, False): {"scale": (_I64, _F32), "offset": (None,), "bias": (_I32, None)},
+    (True, _F16, True): {"scale": (_F32,), "offset": (None,), "bias": (_I32, _F16, _F32, None)},
+    (True, _BF16, True): {"scale": (_F32,), "offset": (None,), "bias": (_I32, _BF16, _F32, None)},
+}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    output_dtype: torch.dtype
+    a4w4: bool
+    x2_transposed: bool
+    out_shape: tuple[int, ...]
+
+
+def _kind(a4w4: bool) -> str:
+    return "A4W4 (x1/x2 int32)" if a4w4 else "A8W8 (x1/x2 int8)"
+
+
+def _check_output_dtype(output_dtype: object) -> torch.dtype:
+    if output_dtype is None:
+        return torch.int8  # None means int8 in every version of the op
+    if not isinstance(output_dtype, torch.dtype):
+        raise TypeError(
+            f"{_FUNC}: argument 'output_dtype' must be a torch.dtype or None, got "
+            f"{type(output_dtype).__name__} {output_dtype!r}; allowed: {allowed(OUTPUT_DTYPES)}, None"
+        )
+    if output_dtype not in OUTPUT_DTYPES:
+        raise ValueError(
+            f"{_FUNC}: argument 'output_dtype' is {output_dtype}; allowed: "
+            f"{allowed(OUTPUT_DTYPES)}, None (= torch.int8)"
+        )
+    return output_dtype
+
+
+def _check_dtypes(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    tensors: dict[str, torch.Tensor | None],
+    out: torch.dtype,
+) -> bool:
+    if x1.dtype not in (_I8, _I32):
+        raise TypeError(
+            f"{_FUNC}: argument 'x1' has dtype {x1.dtype}; allowed: torch.int8 (A8W8), "
+            f"torch.int32 (A4W4, 8 packed int4 per element)"
+        )
+    if x2.dtype != x1.dtype:
+        raise TypeError(
+            f"{_FUNC}: argument 'x2' has dtype {x2.dtype}; it must match x1 ({x1.dtype})"
+        )
+    a4w4 = x1.dtype == _I32
+    pertoken = tensors["pertoken_scale"]
+    if pertoken is not None and pertoken.dtype != _F32:
+        raise TypeError(
+            f"{_FUNC}: argument 'pertoken_scale' has dtype {pertoken.dtype}; allowed: torch.float32"
+        )
+    row = _TABLE.get((a4w4, out, pertoken is not None))
+    if row is None:
+        if (a4w4, out, pertoken is None) in _TABLE:
+            need = "requires" if pertoken is None else "does not allow"
+            raise ValueError(
+                f"{_FUNC}: output_dtype={out} with {_kind(a4w4)} {need} 'pertoken_scale' "
+                f"(got {'None' if pertoken is None else 'a tensor'})"
+            )
+        legal = sorted({str(o) for (a, o, _p) in _TABLE if a == a4w4})
+        raise ValueError(
+            f"{_FUNC}: argument 'output_dtype' is {out}, which {_kind(a4w4)} does not "
+            f"support; allowed: {', '.join(legal)}"
+        )
+    for name in ("scale", "offset", "bias"):
+        tensor = tensors[name]
+        ok = row[name]
+        got = None if tensor is None else tensor.dtype
+        if got in ok:
+            continue
+        context = f"for {_kind(a4w4)} with output_dtype={out}" + (
+            " and pertoken_scale" if pertoken is not None else ""
+        )
+        if ok == (None,):
+            raise ValueError(
+                f"{_FUNC}: argument {name!r} must be None {context}; got a {got} tensor"
+                + (" (an offset exists only for int8 output)" if name == "offset" else "")
+            )
+        if got is None:
+            raise ValueError(f"{_FUNC}: argument {name!r} is required {context}")
+        raise TypeError(
+            f"{_FUNC}: argument {name!r} has dtype {got}; allowed {context}: {allowed(ok)}"
+        )
+    return a4w4
+
+
+def _is_transposed_2d(x: torch.Tensor) -> bool:
+    """A ``.t()`` view of a contiguous matrix (how LinearQuant passes its weight)."""
+    if x.dim() < 2 or x.is_contiguous():
+        return False
+    return x.stride(-2) == 1 and x.stride(-1) == x.shape[-2]
+
+
+def _check_shapes(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    tensors: dict[str, torch.Tensor | None],
+    a4w4: bool,
+) -> tuple[bool, tuple[int, ...]]:
+    for name, t in (("x1", x1), ("x2", x2)):
+        if not _MIN_RANK <= t.dim() <= _MAX_RANK:
+            raise ValueError(
+                f"{_FUNC}: argument {name!r} has {t.dim()} dims (shape {shape_str(t)}); "
+                f"allowed: {_MIN_RANK} to {_MAX_RANK} dims"
+            )
+        if t.numel() == 0:
+            raise ValueError(
+                f"{_FUNC}: argument {name!r} is empty (shape {shape_str(t)}); empty tensors "
+                f"are rejected on Atlas A2/A3"
+            )
+    transposed = _is_transposed_2d(x2)
+    m = x1.shape[-2]
+    if a4w4:
+        if x2.dim() != 2:
+            raise ValueError(
+                f"{_FUNC}: argument 'x2' has shape {shape_str(x2)}; A4W4 needs a 2-D x2"
+            )
+        k_packed = x1.shape[-1]
+        if transposed:
+            inner, n = x2.shape[0], x2.shape[1]
+            want = f"x2.shape[0] == x1.shape[-1] ({k_packed}) for a transposed x2 (k/8, n)"
+            ok = inner == k_packed
+        else:
+            inner, n = x2.shape[0], x2.shape[1] * 8
+            want = f"x2.shape[0] == 8 * x1.shape[-1] ({8 * k_packed}) for x2 (k, n/8)"
+            ok = inner == 8 * k_packed
+        if not ok:
+            raise ValueError(
+                f"{_FUNC}: inner dims do not match: x1 {shape_str(x1)}, x2 {shape_str(x2)}; "
+                f"need {want}"
+            )
+    else:
+        if x1.shape[-1] != x2.shape[-2]:
+            raise ValueError(
+                f"{_FUNC}: inner dims do not match: x1 has k={x1.shape[-1]} (shape "
+                f"{shape_str(x1)}) but x2 has k={x2.shape[-2]} (shape {shape_str(x2)})"
+            )
+        n = x2.shape[-1]
+    for name, size in (("x1", x1.shape[-1]), ("x2", x2.shape[-2] if transposed else x2.shape[-1])):
+        if size > MAX_LAST_DIM:
+            raise ValueError(
+                f"{_FUNC}: the last dim of {name!r} as the NPU sees it is {size}; allowed: at "
+                f"most {MAX_LAST_DIM}"
+                + (" (x2 is a transposed view, so its storage's last dim is k)" if name == "x2" and transposed else "")
+            )
+    try:
+        batch = tuple(torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2]))
+    except RuntimeError:
+        raise ValueError(
+            f"{_FUNC}: batch dims of x1 {tuple(x1.shape[:-2])} and x2 {tuple(x2.shape[:-2])} do "
+            f"not broadcast (right-aligned, each pair equal or one of them 1)"
+        ) from None
+    out_shape = (*batch, m, n)
+    for name in ("scale", "offset"):
+        t = tensors[name]
+        if t is not None and (t.dim() != 1 or t.shape[0] not in (1, n)):
+            raise ValueError(
+                f"{_FUNC}: argument {name!r} has shape {shape_str(t)}; allowed: (1,) or (n,) "
+                f"= ({n},)"
+            )
+    pertoken = tensors["pertoken_scale"]
+    if pertoken is not None and (pertoken.dim() != 1 or pertoken.shape[0] != m):
+        raise ValueError(
+            f"{_FUNC}: argument 'pertoken_scale' has shape {shape_str(pertoken)}; allowed: "
+            f"(m,) = ({m},), m being x1's second-to-last dim"
+        )
+    bias = tensors["bias"]
+    if bias is not None:
+        ok_1d = bias.dim() == 1 and bias.shape[0] == n
+        ok_3d = (
+            not a4w4
+            and len(out_shape) == 3
+            and bias.dim() == 3
+            and tuple(bias.shape) == (out_shape[0], 1, n)
+        )
+        if not (ok_1d or ok_3d):
+            extra = f" or (batch, 1, n) = ({out_shape[0]}, 1, {n})" if len(out_shape) == 3 and not a4w4 else ""
+            raise ValueError(
+                f"{_FUNC}: argument 'bias' has shape {shape_str(bias)}; allowed: (n,) = ({n},)"
+                f"{extra}"
+            )
+    return transposed, out_shape
+
+
+def _check_devices(x1: torch.Tensor, others: dict[str, torch.Tensor | None]) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != x1.device:
+            raise ValueError(
+                f"{_FUNC}: argument {name!r} is on {t.device} but 'x1' is on {x1.device}; all "
+                f"tensors must be on one device"
+            )
+
+
+def plan(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    offset: torch.Tensor | None = None,
+    pertoken_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    output_dtype: torch.dtype | None = None,
+) -> _Plan:
+    """Validate the arguments of :func:`quant_matmul`; raise on anything illegal."""
+    require_tensor(_FUNC, "x1", x1)
+    require_tensor(_FUNC, "x2", x2)
+    require_tensor(_FUNC, "scale", scale)
+    optional = {"offset": offset, "pertoken_scale": pertoken_scale, "bias": bias}
+    for name, t in optional.items():
+        if t is not None:
+            require_tensor(_FUNC, name, t)
+    out = _check_output_dtype(output_dtype)
+    tensors: dict[str, torch.Tensor | None] = {"scale": scale, **optional}
+    _check_devices(x1, {"x2": x2, **tensors})
+    a4w4 = _check_dtypes(x1, x2, tensors, out)
+    transposed, out_shape = _check_shapes(x1, x2, tensors, a4w4)
+    return _Plan(out, a4w4, transposed, out_shape)
+
+
+def quant_matmul(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    offset: torch.Tensor | None = None,
+    pertoken_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    output_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Quantized matmul with the semantics of ``torch_npu.npu_quant_matmul``.
+
+    ``x1 (..., m, k)`` and ``x2 (..., k, n)`` are int8 (A8W8), or int32 holding eight
+    packed int4 values each (A4W4). The int32 accumulator ``x1 @ x2`` is exact; an int32
+    bias is added to it before scaling, a float bias after scale and pertoken. The
+    output dtype defaults to int8. On NPU tensors the call is delegated to torch_npu;
+    everywhere else the bit-faithful reference in :mod:`compat.ops.reference` runs.
+    """
+    p = plan(
+        x1,
+        x2,
+        scale,
+        offset=offset,
+        pertoken_scale=pertoken_scale,
+        bias=bias,
+        output_dtype=output_dtype,
+    )
+    if backend.is_npu(x1) and backend.npu_status().available:
+        return _npu_quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, output_dtype)
+    return reference_quant_matmul(
+        x1,
+        x2,
+        scale,
+        offset=offset,
+        pertoken_scale=pertoken_scale,
+        bias=bias,
+        output_dtype=p.output_dtype,
+        a4w4=p.a4w4,
+        x2_transposed=p.x2_transposed,
+    )
+
+
+_DTYPE_STRINGS = {_I8: "int8", _F16: "float16", _BF16: "bfloat16", _I32: "int32"}
+
+
+def _npu_quant_matmul(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None,
+    pertoken_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    output_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    status = backend.npu_status()
+    npu = status.module
+    assert npu is not None
+    if status.string_output_dtype:
+        # torch 2.0 builds: (x1, x2, scale, offset, bias, str output_dtype), no pertoken.
+        if pertoken_scale is not None:
+            raise NotImplementedError(
+                f"{_FUNC}: pertoken_scale needs torch_npu 2.1 or newer; installed: {status.version}"
+            )
+        dtype_str = None if output_dtype is None else _DTYPE_STRINGS[output_dtype]
+        legacy: torch.Tensor = npu.npu_quant_matmul(x1, x2, scale, offset, bias, dtype_str)
+        return legacy
+    result: torch.Tensor = npu.npu_quant_matmul(
+        x1,
+        x2,
+        scale,
+        offset=offset,
+        pertoken_scale=pertoken_scale,
+        bias=bias,
+        output_dtype=output_dtype,
+    )
+    return result

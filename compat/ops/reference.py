@@ -1,0 +1,112 @@
+"""Pure-PyTorch reference of ``npu_quant_matmul`` (spec §2.3 and §6).
+
+Device-agnostic, meta-friendly and free of data-dependent control flow, so that
+``torch.compile(fullgraph=True)`` traces it without graph breaks. Inputs are assumed
+already validated by :func:`compat.ops.quant_matmul.quant_matmul`.
+
+Float arithmetic is float32 like the hardware: the int32 accumulator is converted to
+float32 before scaling (so |acc| > 2**24 loses low bits, as on the NPU), the products are
+rounded once each in float32, and the final conversion rounds half-to-even.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from compat.ops.encoding import decode, encode
+from compat.ops.intmm import int_matmul
+
+_INT4_SHIFTS = (0, 4, 8, 12, 16, 20, 24, 28)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """int32 tensor of 8 packed int4 values each (LSB first) -> int8 tensor, last dim x8."""
+    shifts = torch.tensor(_INT4_SHIFTS, dtype=torch.int32, device=packed.device)
+    nibbles = (packed.unsqueeze(-1) >> shifts) & 0xF
+    signed = torch.where(nibbles >= 8, nibbles - 16, nibbles).to(torch.int8)
+    return signed.reshape(*packed.shape[:-1], packed.shape[-1] * 8)
+
+
+def accumulate(
+    x1: torch.Tensor, x2: torch.Tensor, *, a4w4: bool, x2_transposed: bool
+) -> torch.Tensor:
+    """The exact int32 accumulator ``x1 @ x2`` (A4W4 operands unpacked first)."""
+    if a4w4:
+        x1 = unpack_int4(x1)
+        # a transposed x2 packs along k (its storage is (n, k/8)); otherwise along n.
+        x2 = unpack_int4(x2.transpose(-2, -1)).transpose(-2, -1) if x2_transposed else unpack_int4(x2)
+    return int_matmul(x1, x2)
+
+
+def _wrapping_add_int32(acc: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``acc + bias`` with int32 two's complement wrap-around (the vendor golden wraps;
+    the hardware behaviour on overflow is UNCONFIRMED, spec §2.4)."""
+    wide = acc.to(torch.int64) + bias.to(torch.int64)
+    wrapped = ((wide + 2**31) & 0xFFFFFFFF) - 2**31
+    return wrapped.to(torch.int32)
+
+
+def effective_scale(
+    scale: torch.Tensor,
+    offset: torch.Tensor | None,
+    *,
+    output_dtype: torch.dtype,
+    has_pertoken: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The float32 scale and integer offset the hardware applies (spec §2.2).
+
+    * int64 scale: decoded; the offset comes from bits 37-45 and a separate ``offset``
+      tensor is ignored (the A2/A3 kernel never reads it; UNCONFIRMED, spec §2.2).
+    * float32 scale, no pertoken, int8/float16 output: op-plugin encodes it first with
+      ``npu_trans_quant_param`` (round mode 0), i.e. fp19 truncation and the offset
+      rounded half-to-even and saturated to 9 bits; modelled as encode-then-decode.
+    * otherwise: the float scale as float32 (bfloat16 widens exactly).
+    """
+    if scale.dtype == torch.int64:
+        s, off = decode(scale)
+        return s, off
+    if scale.dtype == torch.float32 and not has_pertoken and output_dtype in (
+        torch.int8,
+        torch.float16,
+    ):
+        if offset is not None:
+            scale, offset = torch.broadcast_tensors(scale, offset)
+        s, off = decode(encode(scale, offset, 0))
+        return s, (off if offset is not None else None)
+    return scale.to(torch.float32), None
+
+
+def reference_quant_matmul(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    offset: torch.Tensor | None,
+    pertoken_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    output_dtype: torch.dtype,
+    a4w4: bool = False,
+    x2_transposed: bool = False,
+) -> torch.Tensor:
+    """Compute ``npu_quant_matmul`` exactly as spec §6 describes."""
+    acc = accumulate(x1, x2, a4w4=a4w4, x2_transposed=x2_transposed)
+    int_bias = bias is not None and bias.dtype == torch.int32
+    if int_bias:
+        assert bias is not None
+        acc = _wrapping_add_int32(acc, bias)  # before any scaling
+    if output_dtype == torch.int32:
+        return acc  # the scale value is ignored for int32 output
+    s, off = effective_scale(
+        scale, offset, output_dtype=output_dtype, has_pertoken=pertoken_scale is not None
+    )
+    y = acc.to(torch.float32) * s
+    if pertoken_scale is not None:
+        y = y * pertoken_scale.unsqueeze(-1)
+    if bias is not None and not int_bias:
+        y = y + bias.to(torch.float32)  # float bias: after scale and pertoken, in float32
+    if output_dtype == torch.int8:
+        t = torch.round(y).clamp(-256, 255)  # 9-bit stage before the offset (spec §2.4)
+        if off is not None:
+            t = t + off
+        return t.clamp(-128, 127).to(torch.int8)
+    return y.to(output_dtype)  # float16 / bfloat16: round half-to-even
