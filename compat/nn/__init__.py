@@ -1,0 +1,9 @@
+"""Modules: :class:`LinearQuant` (and, in later releases, the legacy adapter)."""
+
+from compat._torchload import ensure_torch
+
+ensure_torch()
+
+from compat.nn.linear_quant import LinearQuant  # noqa: E402
+
+__all__ = ["LinearQuant"]

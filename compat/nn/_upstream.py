@@ -1,0 +1,26 @@
+"""Find torch_npu's own module classes, where torch_npu imports."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from torch import nn
+
+from compat.ops import backend
+
+
+def upstream_class(name: str) -> type[nn.Module] | None:
+    """``torch_npu.contrib.module.<name>`` if torch_npu imports and provides it."""
+    module = sys.modules.get("torch_npu.contrib.module")
+    if module is None:
+        if not backend.npu_status().available:
+            return None
+        try:
+            module = importlib.import_module("torch_npu.contrib.module")
+        except Exception:
+            return None
+    cls = getattr(module, name, None)
+    if isinstance(cls, type) and issubclass(cls, nn.Module):
+        return cls
+    return None

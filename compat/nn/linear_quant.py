@@ -1,0 +1,154 @@
+"""``compat.LinearQuant``: torch_npu's ``LinearQuant`` (variant L3, spec §3) on any device.
+
+Same constructor, attributes, state_dict keys and forward as upstream, with two fixes:
+parameters are created with their natural dtypes (weight int8, scale and offset float32,
+bias int32) and on ``device`` (upstream ignores ``device`` and creates float32 weights).
+Where torch_npu imports and provides ``LinearQuant``, this class subclasses it, so
+``isinstance(m, torch_npu.contrib.module.LinearQuant)`` holds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from compat.nn._upstream import upstream_class
+from compat.ops.encoding import trans_quant_param
+from compat.ops.quant_matmul import OUTPUT_DTYPES, quant_matmul
+
+if TYPE_CHECKING:
+    _Base = nn.Module
+else:
+    _Base = upstream_class("LinearQuant") or nn.Module
+
+_INPUT_PAIRS = ((torch.int8, torch.int8), (torch.int32, torch.int32))
+
+
+def check_output_dtype(cls_name: str, output_dtype: object) -> torch.dtype | None:
+    """Validate a module's ``output_dtype`` argument (None or a supported dtype)."""
+    if output_dtype is None:
+        return None
+    if not isinstance(output_dtype, torch.dtype):
+        raise TypeError(
+            f"{cls_name}: argument 'output_dtype' must be a torch.dtype or None, got "
+            f"{type(output_dtype).__name__} {output_dtype!r}; allowed: "
+            f"{', '.join(map(str, OUTPUT_DTYPES))}, None"
+        )
+    if output_dtype not in OUTPUT_DTYPES:
+        raise ValueError(
+            f"{cls_name}: argument 'output_dtype' is {output_dtype}; allowed: "
+            f"{', '.join(map(str, OUTPUT_DTYPES))}, None (= torch.int8)"
+        )
+    return output_dtype
+
+
+def _check_features(cls_name: str, name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{cls_name}: argument {name!r} must be a positive int, got {value!r}")
+    return value
+
+
+class LinearQuant(_Base):  # type: ignore[misc,valid-type]
+    """Quantized linear layer: ``y = quant_matmul(x, weight.T, scale, ...)``.
+
+    Args:
+        in_features: size of the last input dim (for A4W4: the packed size k/8).
+        out_features: size of the last output dim.
+        bias: create an int32 ``bias`` of shape ``(out_features,)``.
+        offset: create a float32 ``offset`` of shape ``(out_features,)`` (int8 output).
+        pertoken_scale: create a float32 ``pertoken_scale`` of shape ``(out_features,)``,
+            as upstream does; the op needs ``(m,)`` per call, so assign a tensor of the
+            batch's token count before use.
+        device: device of the parameters.
+        dtype: accepted for signature compatibility; parameter dtypes are fixed by the
+            quantization format and do not follow it.
+        output_dtype: ``torch.int8`` (also ``None``), ``torch.float16``, ``torch.bfloat16``
+            or ``torch.int32``.
+
+    Parameters are uninitialised (``torch.empty``) like upstream: load a checkpoint or
+    assign ``.data`` before use.
+    """
+
+    in_features: int
+    out_features: int
+    output_dtype: torch.dtype | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        offset: bool = False,
+        pertoken_scale: bool = False,
+        device: torch.device | str | int | None = None,
+        dtype: torch.dtype | None = None,
+        output_dtype: torch.dtype | None = None,
+    ) -> None:
+        name = type(self).__name__
+        nn.Module.__init__(self)  # upstream's __init__ would create float32 weights
+        self.in_features = _check_features(name, "in_features", in_features)
+        self.out_features = _check_features(name, "out_features", out_features)
+        self.output_dtype = check_output_dtype(name, output_dtype)
+
+        def param(shape: tuple[int, ...], dt: torch.dtype) -> nn.Parameter:
+            return nn.Parameter(torch.empty(shape, dtype=dt, device=device), requires_grad=False)
+
+        self.weight = param((out_features, in_features), torch.int8)
+        self.scale = param((out_features,), torch.float32)
+        if offset:
+            self.offset = param((out_features,), torch.float32)
+        else:
+            self.register_parameter("offset", None)
+        if pertoken_scale:
+            self.pertoken_scale = param((out_features,), torch.float32)
+        else:
+            self.register_parameter("pertoken_scale", None)
+        if bias:
+            self.bias = param((out_features,), torch.int32)
+        else:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, offset={self.offset is not None}, "
+            f"pertoken_scale={self.pertoken_scale is not None}, output_dtype={self.output_dtype}"
+        )
+
+    def _scale_needs_encoding(self) -> bool:
+        """Whether forward passes the scale to the op as an int64 quant param (L3 rule)."""
+        return (
+            self.scale.dtype == torch.float32
+            and self.pertoken_scale is None
+            and self.output_dtype not in (torch.bfloat16, torch.int32)
+        )
+
+    def _forward_scale(self) -> torch.Tensor:
+        """The scale handed to the op: a float32 scale is encoded (with the offset) first."""
+        if self._scale_needs_encoding():
+            return trans_quant_param(self.scale, self.offset)
+        scale: torch.Tensor = self.scale
+        return scale
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if (x.dtype, self.weight.dtype) not in _INPUT_PAIRS:
+            raise ValueError(
+                f"{type(self).__name__}: input has dtype {x.dtype} and weight has dtype "
+                f"{self.weight.dtype}; they must both be torch.int8 (A8W8) or both torch.int32 "
+                f"(A4W4)"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return quant_matmul(
+            x,
+            self.weight.transpose(-2, -1),
+            self._forward_scale(),
+            offset=self.offset,
+            pertoken_scale=self.pertoken_scale,
+            bias=self.bias,
+            output_dtype=self.output_dtype,
+        )
