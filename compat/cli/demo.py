@@ -1,0 +1,42 @@
+"""``python -m compat demo``: build, run and check a small quantized model.
+
+The demo is made of sections (see ``SECTIONS``); each prints its own table and returns
+whether every check passed. The command exits 1 if any section failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+HELP = "run a small quantized model on the active backend and check it against a float64 oracle"
+
+# (title, module with ``run_section(args) -> bool``), in the order they run.
+SECTIONS: list[tuple[str, str]] = [
+    ("LinearQuant model", "compat.cli._demo_core"),
+]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device to run on (default: cpu; the reference backend)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from compat._torchload import ensure_torch
+
+    ensure_torch()
+    failed = []
+    for title, module_name in SECTIONS:
+        print(f"== {title} ==")
+        ok = importlib.import_module(module_name).run_section(args)
+        print(f"-> {'PASS' if ok else 'FAIL'}\n")
+        if not ok:
+            failed.append(title)
+    if failed:
+        print(f"demo FAILED: {', '.join(failed)}")
+        return 1
+    print("demo passed: every output matches the float64 oracle")
+    return 0
