@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 _COMMANDS: dict[str, str] = {
     "demo": "compat.cli.demo",
     "doctor": "compat.cli.doctor",
+    "scan": "compat.cli.scan",
 }
 
 

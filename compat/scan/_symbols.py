@@ -1,0 +1,506 @@
+"""Per-file symbol table: scopes, name bindings, references and qualified-name resolution.
+
+Scoping is static, as in Python itself: a name bound anywhere in a function is local to
+the whole function, class bodies do not enclose the functions defined in them, and
+``global``/``nonlocal`` move a binding to the module or an enclosing function. A name
+with several bindings in its scope resolves to all of them (no flow analysis).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from dataclasses import dataclass, field
+from typing import Literal
+
+TARGET = "LinearA8W8Quant"
+REPLACEMENT = "LinearQuant"
+FAMILY_ROOTS = ("torch_npu", "compat")
+
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
+ScopeKind = Literal["module", "class", "function", "comprehension"]
+BindingKind = Literal["import", "assign", "other"]
+Qualnames = frozenset[str | None]
+_UNKNOWN: Qualnames = frozenset({None})
+
+
+def family(qualname: str | None) -> str | None:
+    """``"torch_npu"`` or ``"compat"`` when *qualname* lives in one of them, else None."""
+    if qualname is None:
+        return None
+    root = qualname.split(".", 1)[0]
+    return root if root in FAMILY_ROOTS else None
+
+
+def is_deprecated(qualname: str | None) -> bool:
+    """Whether *qualname* names LinearA8W8Quant in torch_npu or compat."""
+    return qualname is not None and qualname.endswith("." + TARGET) and family(qualname) is not None
+
+
+class Scope:
+    """One Python scope and the bindings made in it."""
+
+    __slots__ = ("bindings", "globals", "kind", "node", "nonlocals", "parent", "stars")
+
+    def __init__(self, kind: ScopeKind, node: ast.AST, parent: Scope | None) -> None:
+        self.kind: ScopeKind = kind
+        self.node = node
+        self.parent = parent
+        self.bindings: dict[str, list[Binding]] = {}
+        self.globals: set[str] = set()
+        self.nonlocals: set[str] = set()
+        self.stars: list[str] = []  # modules imported with ``from M import *``
+
+    def module(self) -> Scope:
+        """The module scope this scope belongs to."""
+        scope = self
+        while scope.parent is not None:
+            scope = scope.parent
+        return scope
+
+    def enclosing_function(self) -> Scope:
+        """Nearest enclosing function scope (for ``nonlocal``), or the module scope."""
+        scope = self.parent
+        while scope is not None and scope.kind != "function":
+            scope = scope.parent
+        return scope if scope is not None else self.module()
+
+    def walrus_target(self) -> Scope:
+        """The scope that ``:=`` binds in: comprehensions bind in their container."""
+        scope = self
+        while scope.kind == "comprehension" and scope.parent is not None:
+            scope = scope.parent
+        return scope
+
+
+@dataclass(eq=False)
+class Binding:
+    """One binding of a name: an import, a plain assignment, or anything else."""
+
+    name: str
+    kind: BindingKind
+    node: ast.AST
+    scope: Scope
+    stmt: ast.stmt | None = None
+    qualname: str | None = None  # imports: what the name refers to
+    value: ast.expr | None = None  # assignments: the assigned expression
+    value_scope: Scope | None = None
+    block: list[ast.stmt] | None = None  # the statement list holding ``stmt``
+    in_except: bool = False  # the statement is inside an ``except`` clause
+
+
+RefRole = Literal["func", "arg", "tuple_arg", "base", "value", "annotation", "attr_base", "other"]
+
+
+@dataclass(eq=False)
+class Ref:
+    """A load of a name, or of an ``.LinearA8W8Quant`` attribute, and its syntactic role."""
+
+    node: ast.Name | ast.Attribute
+    scope: Scope
+    role: RefRole
+    parent: ast.AST | None = None
+    index: int = -1  # position among the call's arguments for "arg"/"tuple_arg"
+
+
+@dataclass
+class SymbolTable:
+    """Everything the finder needs to know about one module."""
+
+    module: Scope
+    scopes: list[Scope] = field(default_factory=list)
+    by_node: dict[int, Binding] = field(default_factory=dict)
+    refs: list[Ref] = field(default_factory=list)
+    getattr_calls: list[tuple[ast.Call, Scope]] = field(default_factory=list)
+    imports: list[tuple[ast.ImportFrom, Binding]] = field(default_factory=list)
+    all_names: set[str] = field(default_factory=set)
+    _memo: dict[tuple[int, str], Qualnames] = field(default_factory=dict)
+
+    # -- lookup -------------------------------------------------------------------------
+
+    def defining_scope(self, scope: Scope, name: str) -> Scope | None:
+        """The scope whose binding of *name* is visible from *scope*, or None."""
+        current: Scope | None = scope
+        while current is not None:
+            if current.kind == "class" and current is not scope:
+                current = current.parent  # class bodies do not enclose nested scopes
+                continue
+            if name in current.globals:
+                module = current.module()
+                return module if name in module.bindings else None
+            if name in current.bindings:
+                return current
+            current = current.parent
+        return None
+
+    def resolve_name(self, scope: Scope, name: str) -> Qualnames:
+        """Qualified names *name* may stand for in *scope* (None: unknown object)."""
+        owner = self.defining_scope(scope, name)
+        key = (id(owner) if owner is not None else id(self.module), name)
+        cached = self._memo.get(key)
+        if cached is not None:
+            return cached
+        self._memo[key] = _UNKNOWN  # breaks cycles such as ``a = b; b = a``
+        result: set[str | None] = set()
+        if owner is None:
+            result.update(self._unbound(name))
+        else:
+            for binding in owner.bindings[name]:
+                result.update(self.resolve_binding(binding))
+        frozen = frozenset(result) if result else _UNKNOWN
+        self._memo[key] = frozen
+        return frozen
+
+    def resolve_binding(self, binding: Binding) -> Qualnames:
+        """Qualified names a single binding may stand for."""
+        if binding.kind == "import":
+            return frozenset({binding.qualname})
+        if binding.kind == "assign" and binding.value is not None:
+            value_scope = binding.value_scope or binding.scope
+            return self.resolve(binding.value, value_scope)
+        return _UNKNOWN
+
+    def _unbound(self, name: str) -> Qualnames:
+        for module_name in self.module.stars:
+            if family(module_name) is not None and name in (TARGET, REPLACEMENT):
+                return frozenset({f"{module_name}.{name}"})
+        if self.module.stars:
+            return _UNKNOWN  # may come from a star import we cannot see into
+        if name in _BUILTIN_NAMES:
+            return frozenset({f"builtins.{name}"})
+        return _UNKNOWN
+
+    def resolve(self, expr: ast.expr, scope: Scope) -> Qualnames:
+        """Qualified names *expr* may evaluate to (None stands for unknown)."""
+        if isinstance(expr, ast.Name):
+            return self.resolve_name(scope, expr.id)
+        if isinstance(expr, ast.Attribute):
+            bases = self.resolve(expr.value, scope)
+            return frozenset(None if base is None else f"{base}.{expr.attr}" for base in bases)
+        if (
+            isinstance(expr, ast.Call)
+            and len(expr.args) == 1
+            and isinstance(expr.args[0], ast.Constant)
+            and isinstance(expr.args[0].value, str)
+            and "importlib.import_module" in self.resolve(expr.func, scope)
+        ):
+            return frozenset({expr.args[0].value})
+        return _UNKNOWN
+
+
+def build(tree: ast.Module) -> SymbolTable:
+    """Collect scopes, bindings and candidate references of *tree*."""
+    module = Scope("module", tree, None)
+    table = SymbolTable(module, [module])
+    _Collector(table).run(tree, module)
+    return table
+
+
+class _Collector:
+    """Walks a module once, recording bindings and the loads the finder may care about."""
+
+    def __init__(self, table: SymbolTable) -> None:
+        self.table = table
+
+    def run(self, tree: ast.Module, module: Scope) -> None:
+        self.stmts(tree.body, module, in_except=False)
+
+    # -- bindings -----------------------------------------------------------------------
+
+    def bind(self, scope: Scope, name: str, binding: Binding) -> None:
+        if name in scope.globals:
+            scope = scope.module()
+        elif name in scope.nonlocals:
+            scope = scope.enclosing_function()
+        binding.scope = scope
+        scope.bindings.setdefault(name, []).append(binding)
+        self.table.by_node[id(binding.node)] = binding
+
+    def scope(self, kind: ScopeKind, node: ast.AST, parent: Scope) -> Scope:
+        new = Scope(kind, node, parent)
+        self.table.scopes.append(new)
+        return new
+
+    def bind_other(self, scope: Scope, name: str, node: ast.AST) -> None:
+        self.bind(scope, name, Binding(name, "other", node, scope))
+
+    def bind_target(self, target: ast.expr, scope: Scope) -> None:
+        """Bind the names in an assignment target that is not a plain name."""
+        if isinstance(target, ast.Name):
+            self.bind_other(scope, target.id, target)
+        elif isinstance(target, ast.Tuple | ast.List):
+            for elt in target.elts:
+                self.bind_target(elt, scope)
+        elif isinstance(target, ast.Starred):
+            self.bind_target(target.value, scope)
+        else:  # attribute or subscript target: its parts are loads
+            self.expr(target, scope)
+
+    def bind_arguments(self, args: ast.arguments, scope: Scope) -> None:
+        for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs):
+            self.bind_other(scope, arg.arg, arg)
+        for extra in (args.vararg, args.kwarg):
+            if extra is not None:
+                self.bind_other(scope, extra.arg, extra)
+
+    def annotations(self, args: ast.arguments, scope: Scope) -> None:
+        every = (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg)
+        for arg in every:
+            if arg is not None and arg.annotation is not None:
+                self.expr(arg.annotation, scope, "annotation")
+
+    # -- statements ---------------------------------------------------------------------
+
+    def stmts(self, body: list[ast.stmt], scope: Scope, *, in_except: bool) -> None:
+        for stmt in body:
+            self.stmt(stmt, scope, body, in_except)
+
+    def stmt(self, node: ast.stmt, scope: Scope, block: list[ast.stmt], in_except: bool) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            self.function(node, scope, block, in_except)
+        elif isinstance(node, ast.ClassDef):
+            self.classdef(node, scope, block, in_except)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                local = alias.asname or alias.name.split(".", 1)[0]
+                qualname = alias.name if alias.asname else local
+                binding = self._import(local, alias, node, scope, qualname, block)
+                binding.in_except = in_except
+                self.bind(scope, local, binding)
+        elif isinstance(node, ast.ImportFrom):
+            self.import_from(node, scope, block, in_except)
+        elif isinstance(node, ast.Assign):
+            self.expr(node.value, scope, "value", node)
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    binding = Binding(
+                        target.id, "assign", target, scope, node, None, node.value, scope, block
+                    )
+                    binding.in_except = in_except
+                    self.bind(scope, target.id, binding)
+                else:
+                    self.bind_target(target, scope)
+            self.record_all(node, scope)
+        elif isinstance(node, ast.AnnAssign):
+            self.expr(node.annotation, scope, "annotation")
+            if node.value is not None:
+                self.expr(node.value, scope, "value", node)
+            if isinstance(node.target, ast.Name):
+                kind: BindingKind = "assign" if node.value is not None else "other"
+                binding = Binding(
+                    node.target.id, kind, node.target, scope, node, None, node.value, scope, block
+                )
+                binding.in_except = in_except
+                self.bind(scope, node.target.id, binding)
+            else:
+                self.expr(node.target, scope)
+            self.record_all(node, scope)
+        elif isinstance(node, ast.AugAssign):
+            self.expr(node.value, scope)
+            self.bind_target(node.target, scope)
+            self.record_all(node, scope)
+        elif isinstance(node, ast.For | ast.AsyncFor):
+            self.expr(node.iter, scope)
+            self.bind_target(node.target, scope)
+            self.stmts(node.body, scope, in_except=in_except)
+            self.stmts(node.orelse, scope, in_except=in_except)
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            for item in node.items:
+                self.expr(item.context_expr, scope)
+                if item.optional_vars is not None:
+                    self.bind_target(item.optional_vars, scope)
+            self.stmts(node.body, scope, in_except=in_except)
+        elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
+            self.try_(node, scope, in_except)
+        elif isinstance(node, ast.Match):
+            self.expr(node.subject, scope)
+            for case in node.cases:
+                self.pattern(case.pattern, scope)
+                if case.guard is not None:
+                    self.expr(case.guard, scope)
+                self.stmts(case.body, scope, in_except=in_except)
+        elif isinstance(node, ast.Global):
+            scope.globals.update(node.names)
+        elif isinstance(node, ast.Nonlocal):
+            scope.nonlocals.update(node.names)
+        elif isinstance(node, ast.If | ast.While):
+            self.expr(node.test, scope)
+            self.stmts(node.body, scope, in_except=in_except)
+            self.stmts(node.orelse, scope, in_except=in_except)
+        else:  # Expr, Return, Raise, Assert, Delete, Pass, TypeAlias, ...
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.expr):
+                    if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                        self.bind_other(scope, child.id, child)
+                    else:
+                        self.expr(child, scope)
+
+    def _import(
+        self,
+        local: str,
+        alias: ast.alias,
+        stmt: ast.stmt,
+        scope: Scope,
+        qualname: str | None,
+        block: list[ast.stmt],
+    ) -> Binding:
+        kind: BindingKind = "import" if qualname is not None else "other"
+        return Binding(local, kind, alias, scope, stmt, qualname, block=block)
+
+    def import_from(
+        self, node: ast.ImportFrom, scope: Scope, block: list[ast.stmt], in_except: bool
+    ) -> None:
+        module = node.module if node.level == 0 else None
+        for alias in node.names:
+            if alias.name == "*":
+                if module is not None:
+                    scope.stars.append(module)
+                continue
+            local = alias.asname or alias.name
+            qualname = f"{module}.{alias.name}" if module is not None else None
+            binding = self._import(local, alias, node, scope, qualname, block)
+            binding.in_except = in_except
+            self.bind(scope, local, binding)
+            self.table.imports.append((node, binding))
+
+    def function(
+        self,
+        node: ast.FunctionDef | ast.AsyncFunctionDef,
+        scope: Scope,
+        block: list[ast.stmt],
+        in_except: bool,
+    ) -> None:
+        for decorator in node.decorator_list:
+            self.expr(decorator, scope)
+        for default in (*node.args.defaults, *node.args.kw_defaults):
+            if default is not None:
+                self.expr(default, scope)
+        self.annotations(node.args, scope)
+        if node.returns is not None:
+            self.expr(node.returns, scope, "annotation")
+        self.bind(scope, node.name, Binding(node.name, "other", node, scope, node, block=block))
+        inner = self.scope("function", node, scope)
+        self.bind_arguments(node.args, inner)
+        self.stmts(node.body, inner, in_except=False)
+
+    def classdef(
+        self, node: ast.ClassDef, scope: Scope, block: list[ast.stmt], in_except: bool
+    ) -> None:
+        for decorator in node.decorator_list:
+            self.expr(decorator, scope)
+        for base in node.bases:
+            self.expr(base, scope, "base", node)
+        for keyword in node.keywords:
+            self.expr(keyword.value, scope)
+        self.bind(scope, node.name, Binding(node.name, "other", node, scope, node, block=block))
+        self.stmts(node.body, self.scope("class", node, scope), in_except=False)
+
+    def try_(self, node: ast.stmt, scope: Scope, in_except: bool) -> None:
+        body: list[ast.stmt] = getattr(node, "body", [])
+        handlers: list[ast.ExceptHandler] = getattr(node, "handlers", [])
+        self.stmts(body, scope, in_except=in_except)
+        for handler in handlers:
+            if handler.type is not None:
+                self.expr(handler.type, scope)
+            if handler.name is not None:
+                self.bind_other(scope, handler.name, handler)
+            self.stmts(handler.body, scope, in_except=True)
+        self.stmts(getattr(node, "orelse", []), scope, in_except=in_except)
+        self.stmts(getattr(node, "finalbody", []), scope, in_except=in_except)
+
+    def pattern(self, node: ast.pattern, scope: Scope) -> None:
+        for child in ast.walk(node):
+            name = getattr(child, "name", None) or getattr(child, "rest", None)
+            if isinstance(name, str):
+                self.bind_other(scope, name, child)
+            if isinstance(child, ast.MatchValue):
+                self.expr(child.value, scope)
+            elif isinstance(child, ast.MatchClass):
+                self.expr(child.cls, scope)
+
+    def record_all(self, node: ast.Assign | ast.AnnAssign | ast.AugAssign, scope: Scope) -> None:
+        """Remember the names listed in a module-level ``__all__``."""
+        if scope.parent is not None or node.value is None:
+            return
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        if not any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            return
+        for child in ast.walk(node.value):
+            if isinstance(child, ast.Constant) and isinstance(child.value, str):
+                self.table.all_names.add(child.value)
+
+    # -- expressions --------------------------------------------------------------------
+
+    def expr(
+        self,
+        node: ast.expr,
+        scope: Scope,
+        role: RefRole = "other",
+        parent: ast.AST | None = None,
+        index: int = -1,
+    ) -> None:
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                self.table.refs.append(Ref(node, scope, role, parent, index))
+        elif isinstance(node, ast.Attribute):
+            if node.attr == TARGET and isinstance(node.ctx, ast.Load):
+                self.table.refs.append(Ref(node, scope, role, parent, index))
+            self.expr(node.value, scope, "attr_base", node)
+        elif isinstance(node, ast.Call):
+            self.call(node, scope)
+        elif isinstance(node, ast.Lambda):
+            for default in (*node.args.defaults, *node.args.kw_defaults):
+                if default is not None:
+                    self.expr(default, scope)
+            inner = self.scope("function", node, scope)
+            self.bind_arguments(node.args, inner)
+            self.expr(node.body, inner)
+        elif isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+            self.comprehension(node, scope)
+        elif isinstance(node, ast.NamedExpr):
+            self.expr(node.value, scope, "value", node)
+            target_scope = scope.walrus_target()
+            binding = Binding(
+                node.target.id, "assign", node.target, target_scope, None, None, node.value, scope
+            )
+            self.bind(target_scope, node.target.id, binding)
+        else:
+            inner_role: RefRole = "annotation" if role == "annotation" else "other"
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.expr):
+                    self.expr(child, scope, inner_role)
+                elif isinstance(child, ast.keyword):
+                    self.expr(child.value, scope)
+
+    def call(self, node: ast.Call, scope: Scope) -> None:
+        self.expr(node.func, scope, "func", node)
+        for index, arg in enumerate(node.args):
+            if isinstance(arg, ast.Tuple):
+                for elt in arg.elts:
+                    self.expr(elt, scope, "tuple_arg", node, index)
+            else:
+                self.expr(arg, scope, "arg", node, index)
+        for keyword in node.keywords:
+            self.expr(keyword.value, scope)
+        if (
+            len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value == TARGET
+        ):
+            self.table.getattr_calls.append((node, scope))
+
+    def comprehension(
+        self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp, scope: Scope
+    ) -> None:
+        inner = self.scope("comprehension", node, scope)
+        for position, generator in enumerate(node.generators):
+            self.expr(generator.iter, scope if position == 0 else inner)
+            self.bind_target(generator.target, inner)
+            for condition in generator.ifs:
+                self.expr(condition, inner)
+        if isinstance(node, ast.DictComp):
+            self.expr(node.key, inner)
+            self.expr(node.value, inner)
+        else:
+            self.expr(node.elt, inner)

@@ -1,0 +1,600 @@
+"""Decide which uses can be fixed safely and rewrite them by splicing the source text.
+
+Only the exact spans of the affected names, arguments and imports are replaced, so
+formatting and comments elsewhere stay as they were. A name is only renamed when every
+use of it in the module can be fixed ("group" below: the bindings of one name in one
+scope and the loads that resolve to them); otherwise the whole group is left alone and
+each of its uses is reported with the reason.
+
+Call mapping (legacy positional order ``in_features, out_features, bias, offset, device,
+dtype, output_dtype``): positional arguments 3 to 7 become keywords; a missing or
+``None`` ``output_dtype`` becomes ``output_dtype=torch.int8``; string dtypes become torch
+dtypes; ``int32`` output, ``*args``/``**kwargs`` and unknown keywords are not fixable.
+"""
+
+from __future__ import annotations
+
+import ast
+import tokenize
+from dataclasses import dataclass, field
+
+from compat.scan._symbols import (
+    REPLACEMENT,
+    TARGET,
+    Binding,
+    Scope,
+    SymbolTable,
+    family,
+    is_deprecated,
+)
+from compat.scan._text import Edit, FixError, SourceText, Token, apply_edits, parse_module
+from compat.scan.finder import Analysis, Site, find
+
+# the positional order of the old LinearA8W8Quant constructor
+LEGACY_POSITIONAL: tuple[str, ...] = (
+    "in_features",
+    "out_features",
+    "bias",
+    "offset",
+    "device",
+    "dtype",
+    "output_dtype",
+)
+KEYWORDS = frozenset({*LEGACY_POSITIONAL, "pertoken_scale"})
+# modules that export LinearQuant, and where LinearQuant is imported from otherwise
+EXPORTERS = frozenset({"torch_npu.contrib.module", "torch_npu.contrib", "compat"})
+PROVIDERS = {"torch_npu": "torch_npu.contrib.module", "compat": "compat"}
+DTYPE_STRINGS = {
+    "int8": "int8",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+INT32 = frozenset({"torch.int32", "torch.int"})
+INT32_REASON = "output_dtype=int32 was always rejected by LinearA8W8Quant"
+
+
+@dataclass
+class Outcome:
+    """Whether a site will be fixed, and why not."""
+
+    site: Site
+    fixable: bool
+    reason: str | None
+
+
+@dataclass
+class Plan:
+    """What fixing a module would do: per-site outcomes and the text edits."""
+
+    outcomes: list[Outcome]
+    edits: list[Edit]
+
+
+@dataclass(eq=False)
+class _Group:
+    """All bindings of one name in one scope, and the uses that resolve to them."""
+
+    scope: Scope
+    name: str
+    bindings: list[Binding]
+    uses: list[Site] = field(default_factory=list)
+    new_name: str = ""
+    edits: list[Edit] = field(default_factory=list)
+    own: str | None = None  # reason the group cannot be converted (own conditions)
+    own_done: bool = False
+    convertible: bool | None = None
+
+
+def plan(source: SourceText, tree: ast.Module, analysis: Analysis | None = None) -> Plan:
+    """Analyse *tree* (parsed from *source*) and plan every safe fix."""
+    return _Planner(source, tree, analysis or find(tree)).run()
+
+
+def fix_text(text: str, filename: str = "<string>") -> tuple[str, Plan]:
+    """The fixed text of a module and the plan behind it (text unchanged: nothing to fix)."""
+    tree = parse_module(text, filename)
+    source = SourceText(text)
+    result = plan(source, tree)
+    if not result.edits:
+        return text, result
+    new_text = apply_edits(text, result.edits)
+    try:
+        parse_module(new_text, filename)
+    except SyntaxError as exc:  # pragma: no cover - a bug in the fixer, never user input
+        raise FixError(f"the fix would produce invalid Python ({exc.msg})") from exc
+    return new_text, result
+
+
+class _Planner:
+    def __init__(self, source: SourceText, tree: ast.Module, analysis: Analysis) -> None:
+        self.src = source
+        self.tree = tree
+        self.table: SymbolTable = analysis.table
+        self.sites = analysis.sites
+        self.groups: dict[tuple[int, str], _Group] = {}
+        self.site_by_node: dict[int, Site] = {
+            id(site.ref.node): site for site in self.sites if site.ref is not None
+        }
+        self.local: dict[int, str | None] = {}  # id(site) -> local reason
+        self.site_edits: dict[int, list[Edit]] = {}
+        self.needs_torch: set[int] = set()  # sites whose fix adds ``import torch``
+        self._torch_edit: Edit | str | None = None
+        self._visiting: set[int] = set()
+
+    # -- driver -------------------------------------------------------------------------
+
+    def run(self) -> Plan:
+        outcomes: list[Outcome] = []
+        edits: list[Edit] = []
+        converted: dict[int, _Group] = {}
+        for site in self.sites:
+            reason = self.final(site)
+            outcomes.append(Outcome(site, reason is None, reason))
+            if reason is None:
+                edits.extend(self.site_edits.get(id(site), []))
+                groups = [self.group_of(site)]
+                if site.kind == "alias" and site.binding is not None:
+                    groups.append(self.group(site.binding.scope, site.binding.name))
+                for group in groups:
+                    if group is not None:
+                        converted[id(group)] = group
+        for group in converted.values():
+            edits.extend(group.edits)
+        if any(id(o.site) in self.needs_torch for o in outcomes if o.fixable):
+            torch_edit = self.torch_import()
+            assert isinstance(torch_edit, Edit)  # checked when the site was planned
+            edits.append(torch_edit)
+        return Plan(outcomes, edits)
+
+    def final(self, site: Site) -> str | None:
+        """Why *site* will not be fixed (None: it will be)."""
+        if site.kind == "import":
+            group = self.group_of(site)
+            return None if group is None or self.convertible(group) else group.own
+        reason = self.local_reason(site)
+        if reason is not None:
+            return reason
+        group = self.group_of(site)
+        if group is not None and not self.convertible(group):
+            return group.own or f"{group.name} cannot be renamed here"
+        return None
+
+    # -- groups -------------------------------------------------------------------------
+
+    def group_of(self, site: Site) -> _Group | None:
+        """The group of the name *site* uses (None for attribute paths and getattr)."""
+        if site.kind == "import" and site.binding is not None:
+            return self.group(site.binding.scope, site.binding.name)
+        if site.ref is not None and isinstance(site.ref.node, ast.Name):
+            name = site.ref.node.id
+            owner = self.table.defining_scope(site.ref.scope, name) or self.table.module
+            return self.group(owner, name)
+        return None
+
+    def group(self, scope: Scope, name: str) -> _Group:
+        key = (id(scope), name)
+        group = self.groups.get(key)
+        if group is None:
+            group = _Group(scope, name, list(scope.bindings.get(name, [])))
+            group.new_name = REPLACEMENT if name == TARGET else name
+            self.groups[key] = group
+            for site in self.sites:
+                if site.ref is not None and isinstance(site.ref.node, ast.Name):
+                    if site.ref.node.id == name and self._owner(site) is scope:
+                        group.uses.append(site)
+        return group
+
+    def _owner(self, site: Site) -> Scope:
+        assert site.ref is not None and isinstance(site.ref.node, ast.Name)
+        owner = self.table.defining_scope(site.ref.scope, site.ref.node.id)
+        return owner or self.table.module
+
+    def convertible(self, group: _Group) -> bool:
+        if group.convertible is not None:
+            return group.convertible
+        if id(group) in self._visiting:
+            return False
+        self._visiting.add(id(group))
+        try:
+            ok = self.own_reason(group) is None
+            for binding in group.bindings:
+                if not ok:
+                    break
+                value_site = self._alias_value_site(binding)
+                if value_site is not None and self.final(value_site) is not None:
+                    group.own = f"the alias at line {_line(value_site.node)} cannot be fixed"
+                    ok = False
+        finally:
+            self._visiting.discard(id(group))
+        group.convertible = ok
+        return ok
+
+    def own_reason(self, group: _Group) -> str | None:
+        """Why *group* cannot be converted, judged by its own bindings and uses."""
+        if group.own_done:
+            return group.own
+        group.own_done = True
+        group.own = self._own_reason(group)
+        return group.own
+
+    def _own_reason(self, group: _Group) -> str | None:
+        name = group.name
+        if group.scope.parent is None and name in self.table.all_names:
+            return f"{name} is re-exported through __all__"
+        if not group.bindings and not set(self.table.module.stars) & EXPORTERS:
+            return f"{name} is not bound by an import that can be rewritten"
+        aliases = [b for b in group.bindings if self._alias_value_site(b) is not None]
+        if len(aliases) > 1:
+            return f"{name} is assigned more than once"
+        conflict = self._rename_conflict(group)
+        if conflict is not None:
+            return conflict
+        for binding in group.bindings:
+            try:
+                group.edits.extend(self._binding_edits(group, binding))
+            except FixError as exc:
+                return f"{name} (line {_line(binding.node)}): {exc}"
+        for use in group.uses:
+            reason = self.local_reason(use)
+            if reason is not None:
+                line = _line(use.node)
+                return f"{name} is also used at line {line} ({use.kind}), which cannot be fixed"
+        return None
+
+    def _alias_value_site(self, binding: Binding) -> Site | None:
+        if binding.kind != "assign" or binding.value is None:
+            return None
+        site = self.site_by_node.get(id(binding.value))
+        return site if site is not None and site.kind == "alias" else None
+
+    def _rename_conflict(self, group: _Group) -> str | None:
+        if group.new_name == group.name:
+            return None
+        families = {family(b.qualname) for b in group.bindings if b.kind == "import" and b.qualname}
+        for scope in self.table.scopes:
+            for binding in scope.bindings.get(group.new_name, []):
+                same = (
+                    binding.kind == "import"
+                    and binding.qualname is not None
+                    and binding.qualname.endswith("." + REPLACEMENT)
+                    and scope is group.scope
+                    and families == {family(binding.qualname)}
+                )
+                if not same:
+                    line = _line(binding.node)
+                    return f"the name {group.new_name} is already bound at line {line}"
+        return None
+
+    def _binding_edits(self, group: _Group, binding: Binding) -> list[Edit]:
+        if binding.kind == "import" and is_deprecated(binding.qualname):
+            return self._import_edits(group, binding)
+        value = binding.value
+        fallback = (
+            binding.kind == "assign"
+            and binding.in_except
+            and isinstance(value, ast.Constant)
+            and value.value is None
+        )
+        if fallback or self._alias_value_site(binding) is not None:
+            if group.new_name == group.name:
+                return []
+            return [self._replace(binding.node, group.new_name)]
+        raise FixError(f"{group.name} is also bound to something else")
+
+    def _import_edits(self, group: _Group, binding: Binding) -> list[Edit]:
+        stmt = binding.stmt
+        alias = binding.node
+        if not isinstance(stmt, ast.ImportFrom) or not isinstance(alias, ast.alias):
+            raise FixError("unexpected import form")
+        assert binding.qualname is not None
+        module = binding.qualname.rsplit(".", 1)[0]
+        fam = family(module)
+        assert fam is not None
+        provider = module if module in EXPORTERS else PROVIDERS[fam]
+        if group.new_name == REPLACEMENT and self._has_replacement(binding, fam):
+            return self._remove_alias(stmt, alias, binding)
+        new_name = group.new_name
+        text = REPLACEMENT if new_name == REPLACEMENT else f"{REPLACEMENT} as {new_name}"
+        edits = [Edit(self.src.start(alias), self.src.end(alias), text)]
+        if provider != module:
+            if len(stmt.names) != 1:
+                raise FixError(f"the import also imports other names from {module}")
+            edits.append(self._module_edit(stmt, provider))
+        return edits
+
+    def _has_replacement(self, binding: Binding, fam: str) -> bool:
+        """Whether LinearQuant of the same family is imported in the same statement list."""
+        for other in binding.scope.bindings.get(REPLACEMENT, []):
+            if (
+                other.kind == "import"
+                and other.block is binding.block
+                and other.qualname is not None
+                and family(other.qualname) == fam
+            ):
+                return True
+        return False
+
+    def _remove_alias(self, stmt: ast.ImportFrom, alias: ast.alias, binding: Binding) -> list[Edit]:
+        names = stmt.names
+        if len(names) == 1:
+            return [self._remove_stmt(stmt, binding)]
+        index = next(i for i, n in enumerate(names) if n is alias)
+        if index + 1 < len(names):
+            return [Edit(self.src.start(alias), self.src.start(names[index + 1]), "")]
+        return [Edit(self.src.end(names[index - 1]), self.src.end(alias), "")]
+
+    def _remove_stmt(self, stmt: ast.stmt, binding: Binding) -> Edit:
+        start, end = self.src.start(stmt), self.src.end(stmt)
+        if binding.block is not None and len(binding.block) == 1:
+            return Edit(start, end, "pass")
+        line_start = self.src.line_start(start)
+        last_line: int = getattr(stmt, "end_lineno", 1)
+        starts = self.src.line_starts
+        line_end = starts[last_line] if last_line < len(starts) else len(self.src.text)
+        rest = self.src.text[end:line_end].strip()
+        if self.src.text[line_start:start].strip() or (rest and not rest.startswith("#")):
+            raise FixError("the import shares its line with other code")
+        return Edit(line_start, line_end, "")
+
+    def _module_edit(self, stmt: ast.ImportFrom, provider: str) -> Edit:
+        tokens = self.src.tokens(self.src.start(stmt), self.src.end(stmt))
+        names = [t.string for t in tokens]
+        if not names or names[0] != "from" or "import" not in names:
+            raise FixError("cannot locate the module name of the import")
+        stop = names.index("import")
+        return Edit(tokens[1].start, tokens[stop - 1].end, provider)
+
+    # -- single sites -------------------------------------------------------------------
+
+    def local_reason(self, site: Site) -> str | None:
+        """Why *site* cannot be fixed, ignoring the rest of its group (None: it can)."""
+        key = id(site)
+        if key in self.local:
+            return self.local[key]
+        self.local[key] = "circular alias"  # guards alias cycles while computing
+        reason = self._local_reason(site)
+        self.local[key] = reason
+        return reason
+
+    def _local_reason(self, site: Site) -> str | None:
+        if site.reason is not None:
+            return site.reason
+        if site.kind in ("subclass", "dynamic"):  # pragma: no cover - finder gives a reason
+            return "not fixable"
+        edits: list[Edit] = []
+        ref = site.ref
+        if site.kind == "alias":
+            assert site.binding is not None
+            target = self.group(site.binding.scope, site.binding.name)
+            reason = self.own_reason(target)
+            if reason is not None:
+                return reason
+        if ref is not None and isinstance(ref.node, ast.Attribute):
+            try:
+                edits.append(self._attribute_edit(ref.node, ref.scope))
+            except FixError as exc:
+                return str(exc)
+        elif ref is not None and isinstance(ref.node, ast.Name):
+            group = self.group(self._owner(site), ref.node.id)
+            if group.new_name != ref.node.id:
+                edits.append(self._replace(ref.node, group.new_name))
+        if site.kind == "call":
+            try:
+                edits.extend(self._call_edits(site))
+            except FixError as exc:
+                return str(exc)
+        self.site_edits[id(site)] = edits
+        return None
+
+    def _replace(self, node: ast.AST, text: str) -> Edit:
+        start, end = self.src.start(node), self.src.end(node)
+        if isinstance(node, ast.Name) and self.src.text[start:end] != node.id:
+            raise FixError("cannot locate the name in the source text")
+        return Edit(start, end, text)
+
+    def _attribute_edit(self, node: ast.Attribute, scope: Scope) -> Edit:
+        """``<module>.LinearA8W8Quant`` -> ``<module>.LinearQuant`` (also via a submodule)."""
+        current: ast.expr = node.value
+        while True:
+            names = self.table.resolve(current, scope)
+            only = next(iter(names)) if len(names) == 1 else None
+            if only is not None and only in EXPORTERS:
+                end = self.src.end(node)
+                if not self.src.text[:end].endswith(TARGET):
+                    raise FixError("cannot locate the attribute in the source text")
+                return Edit(self.src.end(current), end, f".{REPLACEMENT}")
+            if not isinstance(current, ast.Attribute):
+                raise FixError("no module that exports LinearQuant in this attribute path")
+            current = current.value
+
+    # -- constructor calls --------------------------------------------------------------
+
+    def _call_edits(self, site: Site) -> list[Edit]:
+        call = site.call
+        assert call is not None
+        args = call.args[1:] if site.partial else call.args
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(
+            k.arg is None for k in call.keywords
+        ):
+            raise FixError("*args/**kwargs hide which arguments are passed")
+        if len(args) > len(LEGACY_POSITIONAL):
+            raise FixError("too many positional arguments")
+        given: dict[str, ast.expr] = dict(zip(LEGACY_POSITIONAL, args, strict=False))
+        for keyword in call.keywords:
+            assert keyword.arg is not None
+            if keyword.arg not in KEYWORDS:
+                raise FixError(f"unknown keyword argument {keyword.arg}=")
+            if keyword.arg in given:
+                raise FixError(f"{keyword.arg} is given twice")
+            given[keyword.arg] = keyword.value
+        if "in_features" not in given or "out_features" not in given:
+            if site.partial:
+                raise FixError(
+                    "functools.partial leaves in_features/out_features open, so later calls "
+                    "may pass bias/offset positionally"
+                )
+            raise FixError("in_features or out_features is missing")
+        if len(args) > 2 and "pertoken_scale" in given:
+            raise FixError("positional bias/offset (old form) mixed with pertoken_scale")
+        dtype_text = self._output_dtype(given.get("output_dtype"))
+        torch_name = ""
+        if dtype_text is not None:
+            torch_name = self._torch_name(site)
+        return self._argument_edits(site, call, args, given, dtype_text, torch_name)
+
+    def _output_dtype(self, value: ast.expr | None) -> str | None:
+        """The torch dtype attribute to write for output_dtype (None: keep as written)."""
+        if value is None:
+            return "int8"
+        if isinstance(value, ast.Constant):
+            if value.value is None:
+                return "int8"
+            if isinstance(value.value, str):
+                if value.value == "int32":
+                    raise FixError(INT32_REASON)
+                mapped = DTYPE_STRINGS.get(value.value)
+                if mapped is None:
+                    raise FixError(f"unknown output_dtype string {value.value!r}")
+                return mapped
+            raise FixError(f"output_dtype={value.value!r} is not a dtype")
+        return None
+
+    def _argument_edits(
+        self,
+        site: Site,
+        call: ast.Call,
+        args: list[ast.expr],
+        given: dict[str, ast.expr],
+        dtype_text: str | None,
+        torch_name: str,
+    ) -> list[Edit]:
+        # output_dtype given as an expression: int32 is the one value never accepted
+        value = given.get("output_dtype")
+        if value is not None and dtype_text is None:
+            if self.table.resolve(value, site.scope) & INT32:
+                raise FixError(INT32_REASON)
+        tokens = self.src.tokens(self.src.end(call.func), self.src.end(call))
+        regions, trailing, close = _regions(tokens)
+        items: list[ast.AST] = [*call.args, *call.keywords]
+        items.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+        if len(regions) != len(items):
+            raise FixError("cannot match the call's arguments to the source text")
+        region_of = {id(item): region for item, region in zip(items, regions, strict=True)}
+        edits: list[Edit] = []
+        for index, arg in enumerate(args):
+            if index >= 2:
+                start = region_of[id(arg)][0]
+                edits.append(Edit(start, start, f"{LEGACY_POSITIONAL[index]}="))
+        if dtype_text is None:
+            return edits
+        dtype = f"{torch_name}.{dtype_text}"
+        if value is not None:
+            edits.append(Edit(self.src.start(value), self.src.end(value), dtype))
+            return edits
+        edits.append(self._append_keyword(regions, trailing, close, f"output_dtype={dtype}"))
+        return edits
+
+    def _append_keyword(
+        self,
+        regions: list[tuple[int, int]],
+        trailing: Token | None,
+        close: Token,
+        text: str,
+    ) -> Edit:
+        last_start, last_end = regions[-1]
+        if trailing is None:
+            return Edit(last_end, last_end, f", {text}")
+        close_line = self.src.line_start(close.start)
+        if close_line > last_end and not self.src.text[close_line : close.start].strip():
+            indent = self.src.indent_at(last_start)
+            return Edit(close_line, close_line, f"{indent}{text},{self.src.newline()}")
+        return Edit(trailing.end, trailing.end, f" {text},")
+
+    # -- torch ---------------------------------------------------------------------------
+
+    def _torch_name(self, site: Site) -> str:
+        """A name for the torch module at *site*, adding ``import torch`` if need be."""
+        if self.table.resolve_name(site.scope, "torch") == frozenset({"torch"}):
+            return "torch"
+        for name, bindings in sorted(self.table.module.bindings.items()):
+            if any(b.kind == "import" and b.qualname == "torch" for b in bindings):
+                if self.table.resolve_name(site.scope, name) == frozenset({"torch"}):
+                    return name
+        bound = any("torch" in scope.bindings for scope in self.table.scopes)
+        if bound or self.table.module.stars:
+            raise FixError("the name torch is bound to something else here")
+        edit = self.torch_import()
+        if isinstance(edit, str):
+            raise FixError(edit)
+        self.needs_torch.add(id(site))
+        return "torch"
+
+    def torch_import(self) -> Edit | str:
+        """The edit that adds ``import torch`` at the top of the module (str: why not)."""
+        if self._torch_edit is None:
+            self._torch_edit = self._make_torch_import()
+        return self._torch_edit
+
+    def _make_torch_import(self) -> Edit | str:
+        body = self.tree.body
+        index = 0
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            index = 1
+        while (
+            index < len(body)
+            and isinstance(body[index], ast.ImportFrom)
+            and getattr(body[index], "module", None) == "__future__"
+        ):
+            index += 1
+        line = self.src.newline()
+        if index == len(body):
+            end = len(self.src.text)
+            prefix = "" if not self.src.text or self.src.text.endswith(("\n", "\r")) else line
+            return Edit(end, end, f"{prefix}import torch{line}")
+        stmt = body[index]
+        first: ast.AST = stmt
+        for decorator in getattr(stmt, "decorator_list", []):
+            if decorator.lineno < getattr(first, "lineno", 0):
+                first = decorator
+        begin = self.src.start(first)
+        line_start = self.src.line_start(begin)
+        if self.src.text[line_start:begin].strip():
+            return "cannot add `import torch`: the first statement shares its line"
+        return Edit(line_start, line_start, f"import torch{line}")
+
+
+def _line(node: ast.AST) -> int:
+    return int(getattr(node, "lineno", 0))
+
+
+def _regions(tokens: list[Token]) -> tuple[list[tuple[int, int]], Token | None, Token]:
+    """Argument spans of a call from its tokens after the callee: ``( a , b , )``."""
+    if not tokens or tokens[0].string != "(":
+        raise FixError("cannot find the call's opening parenthesis")
+    regions: list[tuple[int, int]] = []
+    depth = 1
+    start = end = -1
+    last_comma: Token | None = None
+    for token in tokens[1:]:
+        if token.type == tokenize.OP:
+            if token.string in ("(", "[", "{"):
+                depth += 1
+            elif token.string in (")", "]", "}"):
+                depth -= 1
+                if depth == 0:
+                    if start >= 0:
+                        regions.append((start, end))
+                        last_comma = None
+                    return regions, last_comma, token
+            elif token.string == "," and depth == 1:
+                regions.append((start, end))
+                start = -1
+                last_comma = token
+                continue
+        if start < 0:
+            start = token.start
+        end = token.end
+    raise FixError("cannot find the end of the call")

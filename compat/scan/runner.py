@@ -1,0 +1,217 @@
+"""Scan, fix or diff files, in parallel worker processes when there is enough work."""
+
+from __future__ import annotations
+
+import difflib
+import io
+import multiprocessing
+import os
+import threading
+import tokenize
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Literal
+
+from compat.scan._symbols import TARGET
+from compat.scan._text import FixError, SourceText, parse_module
+from compat.scan.finder import CODES
+from compat.scan.fixer import Plan, fix_text, plan
+from compat.scan.report import Finding, error_finding
+
+Mode = Literal["scan", "fix", "diff"]
+
+# below this much source, starting worker processes costs more than it saves
+PARALLEL_MIN_BYTES = 256 * 1024
+
+
+@dataclass
+class FileResult:
+    """What happened to one file."""
+
+    path: str
+    lines: int = 0
+    findings: list[Finding] = field(default_factory=list)  # fix mode: what remains
+    fixed: int = 0  # sites fixed (fix mode) or fixable by the diff (diff mode)
+    changed: bool = False  # fix mode: the file was rewritten
+    diff: str = ""  # diff mode: unified diff of the fix
+
+
+def findings_from(plan_: Plan, source: SourceText, path: str) -> list[Finding]:
+    """Turn a fix plan's outcomes into findings."""
+    result = []
+    for outcome in plan_.outcomes:
+        site = outcome.site
+        lineno: int = getattr(site.node, "lineno", 1)
+        column = source.column(lineno, getattr(site.node, "col_offset", 0))
+        suffix = " (fixable)" if outcome.fixable else f" (not fixable: {outcome.reason})"
+        result.append(
+            Finding(
+                path,
+                lineno,
+                column,
+                CODES[site.kind],
+                site.kind,
+                site.symbol,
+                site.message + suffix,
+                outcome.fixable,
+            )
+        )
+    return result
+
+
+def scan_text(text: str, path: str = "<string>") -> list[Finding]:
+    """Findings for the module source *text*, shown as *path*."""
+    try:
+        tree = parse_module(text, path)
+    except SyntaxError as exc:
+        return [_syntax_error(path, exc)]
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return [error_finding(path, "syntax-error", f"syntax error: {exc}")]
+    if TARGET not in text:
+        return []
+    source = SourceText(text)
+    return findings_from(plan(source, tree), source, path)
+
+
+def fix_source(text: str, path: str = "<string>") -> tuple[str, list[Finding], int]:
+    """Fixed text, the findings that remain in it, and how many sites were fixed."""
+    findings = scan_text(text, path)
+    if not any(f.fixable for f in findings):
+        return text, findings, 0
+    new_text, plan_ = fix_text(text, path)
+    fixed = sum(1 for outcome in plan_.outcomes if outcome.fixable)
+    return new_text, scan_text(new_text, path), fixed
+
+
+def _syntax_error(path: str, exc: SyntaxError) -> Finding:
+    return error_finding(
+        path, "syntax-error", f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1
+    )
+
+
+def _read(path: str) -> tuple[str, str] | Finding:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        return error_finding(path, "unreadable", f"cannot read file: {exc.strerror or exc}")
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        return data.decode(encoding), encoding
+    except (SyntaxError, UnicodeDecodeError, LookupError) as exc:
+        return error_finding(path, "unreadable", f"cannot decode file: {exc}")
+
+
+def _count_lines(text: str) -> int:
+    return text.count("\n") + (0 if not text or text.endswith("\n") else 1)
+
+
+def _diff(path: str, old: str, new: str) -> str:
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), path, path
+    )
+    out = []
+    for line in lines:
+        if not line.endswith(("\n", "\r")):
+            line += "\n\\ No newline at end of file\n"
+        out.append(line)
+    return "".join(out)
+
+
+def process_file(path: str, mode: Mode) -> FileResult:
+    """Scan (and fix or diff) one file."""
+    read = _read(path)
+    if isinstance(read, Finding):
+        return FileResult(path, findings=[read])
+    text, encoding = read
+    result = FileResult(path, lines=_count_lines(text))
+    if mode == "scan" or TARGET not in text:
+        result.findings = scan_text(text, path)
+        return result
+    try:
+        new_text, remaining, fixed = fix_source(text, path)
+    except FixError as exc:  # pragma: no cover - defensive: a fixer bug must not eat files
+        result.findings = scan_text(text, path)
+        result.findings.append(error_finding(path, "unreadable", f"fix failed: {exc}"))
+        return result
+    if mode == "diff":
+        result.findings = scan_text(text, path)
+        result.fixed = fixed
+        result.diff = _diff(path, text, new_text) if new_text != text else ""
+        return result
+    result.findings = remaining
+    result.fixed = fixed
+    if new_text != text:
+        try:
+            with open(path, "wb") as handle:
+                handle.write(new_text.encode(encoding))
+        except OSError as exc:
+            result.findings = scan_text(text, path)
+            message = f"cannot write file: {exc.strerror or exc}"
+            result.findings.append(error_finding(path, "unreadable", message))
+            result.fixed = 0
+            return result
+        result.changed = True
+    return result
+
+
+def _process_chunk(paths: list[str], mode: Mode) -> list[FileResult]:
+    return [process_file(path, mode) for path in paths]
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and _threads() == 1:
+        return multiprocessing.get_context("fork")  # cheapest, and safe single-threaded
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def default_jobs() -> int:
+    """CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def process_files(
+    paths: Sequence[str],
+    mode: Mode = "scan",
+    jobs: int | None = None,
+    *,
+    min_parallel_bytes: int = PARALLEL_MIN_BYTES,
+) -> list[FileResult]:
+    """Results for *paths*, in the same order; uses *jobs* worker processes when it pays."""
+    jobs = default_jobs() if not jobs else jobs
+    if jobs > 1 and len(paths) > 1 and min_parallel_bytes > 0:
+        total = 0
+        for path in paths:
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                pass
+            if total >= min_parallel_bytes:
+                break
+        if total < min_parallel_bytes:
+            jobs = 1
+    if jobs <= 1 or len(paths) <= 1:
+        return _process_chunk(list(paths), mode)
+    # many small chunks keep both workers busy until the end
+    count = min(len(paths), jobs * 8)
+    chunks = [list(paths[i::count]) for i in range(count)]
+    order = {path: index for index, path in enumerate(paths)}
+    results: list[FileResult] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=_context()) as pool:
+        for chunk_results in pool.map(_process_chunk, chunks, repeat(mode)):
+            results.extend(chunk_results)
+    results.sort(key=lambda r: order[r.path])
+    return results
