@@ -90,7 +90,9 @@ class Binding:
     in_except: bool = False  # the statement is inside an ``except`` clause
 
 
-RefRole = Literal["func", "arg", "tuple_arg", "base", "value", "annotation", "attr_base", "other"]
+RefRole = Literal[
+    "func", "arg", "tuple_arg", "base", "value", "annotation", "none_check", "attr_base", "other"
+]
 
 
 @dataclass(eq=False)
@@ -195,6 +197,16 @@ def build(tree: ast.Module) -> SymbolTable:
     table = SymbolTable(module, [module])
     _Collector(table).run(tree, module)
     return table
+
+
+def _is_none_check(node: ast.Compare) -> bool:
+    """``x is None`` / ``x is not None``: renaming ``x`` cannot change the result."""
+    operands = (node.left, *node.comparators)
+    return (
+        len(operands) == 2
+        and isinstance(node.ops[0], ast.Is | ast.IsNot)
+        and any(isinstance(o, ast.Constant) and o.value is None for o in operands)
+    )
 
 
 class _Collector:
@@ -458,6 +470,9 @@ class _Collector:
             self.expr(node.body, inner)
         elif isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
             self.comprehension(node, scope)
+        elif isinstance(node, ast.Compare) and _is_none_check(node):
+            for operand in (node.left, *node.comparators):
+                self.expr(operand, scope, "none_check", node)
         elif isinstance(node, ast.NamedExpr):
             self.expr(node.value, scope, "value", node)
             target_scope = scope.walrus_target()
