@@ -15,38 +15,31 @@ from hypothesis import strategies as st
 
 from compat.scan import fix_source, scan_text
 
-
-def _legacy(
-    in_features: object,
-    out_features: object,
-    bias: object = "True",
-    offset: object = "False",
-    device: object = "None",
-    dtype: object = "None",
-    output_dtype: object = "None",
-    *,
-    pertoken_scale: object = "False",
-) -> None:
-    """Positional legacy form, plus the keyword pertoken_scale of later variants."""
+DEFAULTS = {"bias": "True", "offset": "False", "pertoken_scale": "False"}
 
 
-def _new(
-    in_features: object,
-    out_features: object,
-    *,
-    bias: object = "True",
-    offset: object = "False",
-    pertoken_scale: object = "False",
-    device: object = "None",
-    dtype: object = "None",
-    output_dtype: object = "None",
-) -> None:
-    """LinearQuant: everything after out_features is keyword-only."""
+def _signature(positional: list[str], keyword_only: list[str]) -> inspect.Signature:
+    """A signature with the constructor's defaults (None where not in DEFAULTS)."""
+    kinds = [(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in positional]
+    kinds += [(n, inspect.Parameter.KEYWORD_ONLY) for n in keyword_only]
+    return inspect.Signature(
+        [
+            inspect.Parameter(
+                name,
+                kind,
+                default=inspect.Parameter.empty
+                if name.endswith("features")
+                else DEFAULTS.get(name, "None"),
+            )
+            for name, kind in kinds
+        ]
+    )
 
 
-LEGACY = inspect.signature(_legacy)
-NEW = inspect.signature(_new)
 ORDER = ["in_features", "out_features", "bias", "offset", "device", "dtype", "output_dtype"]
+# old positional form (plus the keyword pertoken_scale of later variants), and LinearQuant
+LEGACY = _signature(ORDER, ["pertoken_scale"])
+NEW = _signature(ORDER[:2], ["bias", "offset", "pertoken_scale", "device", "dtype", "output_dtype"])
 VALUES = {
     "in_features": ["16", "hidden", "4 * hidden"],
     "out_features": ["32", "(hidden)", "cfg.out"],
