@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 
 
-def median_ms(fn: Callable[[], object], *, repeat: int = 15, warmup: int = 3, min_time: float = 0.0) -> float:
+def median_ms(
+    fn: Callable[[], object], *, repeat: int = 15, warmup: int = 3, min_time: float = 0.0
+) -> float:
     """Median wall time of ``fn()`` in milliseconds.
 
     Each sample runs ``fn`` enough times to last at least ``min_time`` seconds, so that

@@ -17,12 +17,15 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import compat  # noqa: E402
-from _timing import median_ms  # noqa: E402
+from _timing import median_ms
+
+import compat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--k", type=int, default=4096)
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 128, 512])
@@ -36,25 +39,27 @@ def main() -> None:
     w_t = w.t()
     w_f32_t = (w.float() * scale[:, None]).t().contiguous()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, k = {k}, n = {n}")
-    header = f"{'m':>5} {'compat ms':>10} {'_int_mm ms':>11} {'fp32 ms':>9} {'vs _int_mm':>11} {'vs fp32':>9}"
-    print(header)
+    cols = ("compat ms", "_int_mm ms", "fp32 ms", "vs _int_mm", "vs fp32")
+    print(f"{'m':>5} " + " ".join(f"{c:>11}" for c in cols))
     for m in args.m:
         x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
         x_f = x.float()
 
-        def run_compat() -> torch.Tensor:
+        def run_compat(x: torch.Tensor = x) -> torch.Tensor:
             return compat.quant_matmul(x, w_t, scale, bias=bias, output_dtype=torch.float16)
 
-        def run_int_mm() -> torch.Tensor:
+        def run_int_mm(x: torch.Tensor = x) -> torch.Tensor:
             return torch._int_mm(x, w_t)
 
-        def run_fp32() -> torch.Tensor:
+        def run_fp32(x_f: torch.Tensor = x_f) -> torch.Tensor:
             return torch.matmul(x_f, w_f32_t)
 
         t_c = median_ms(run_compat, repeat=args.repeat, min_time=0.05)
         t_i = median_ms(run_int_mm, repeat=args.repeat, min_time=0.05)
         t_f = median_ms(run_fp32, repeat=args.repeat, min_time=0.05)
-        print(f"{m:>5} {t_c:>10.3f} {t_i:>11.3f} {t_f:>9.3f} {t_c / t_i:>10.2f}x {t_c / t_f:>8.2f}x")
+        print(
+            f"{m:>5} {t_c:>10.3f} {t_i:>11.3f} {t_f:>9.3f} {t_c / t_i:>10.2f}x {t_c / t_f:>8.2f}x"
+        )
 
 
 if __name__ == "__main__":

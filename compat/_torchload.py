@@ -49,7 +49,7 @@ def _import_torch_with_tolerant_autoload() -> None:
     global _autoload_failure
     os.environ[_AUTOLOAD_VAR] = "0"
     try:
-        import torch  # noqa: F401  (autoload off for this one import)
+        import torch  # autoload switched off for this one import
     finally:
         del os.environ[_AUTOLOAD_VAR]
     import torch

@@ -125,7 +125,6 @@ def report(timeout: float = 120.0) -> dict[str, Any]:
     return info
 
 
-
 def _print_text(info: dict[str, Any]) -> None:
     print(f"python          {info['python']}")
     torch_info = info.get("torch", {})

@@ -50,7 +50,7 @@ def _check_features(cls_name: str, name: str, value: object) -> int:
     return value
 
 
-class LinearQuant(_Base):  # type: ignore[misc,valid-type]
+class LinearQuant(_Base):
     """Quantized linear layer: ``y = quant_matmul(x, weight.T, scale, ...)``.
 
     Args:

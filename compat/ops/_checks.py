@@ -19,12 +19,18 @@ def allowed(values: Iterable[object]) -> str:
 
 def require_tensor(func: str, name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{func}: argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        raise TypeError(
+            f"{func}: argument {name!r} must be a torch.Tensor, got {type(value).__name__}"
+        )
     return value
 
 
 def require_dtype(
-    func: str, name: str, tensor: torch.Tensor, allowed_dtypes: Iterable[torch.dtype], context: str = ""
+    func: str,
+    name: str,
+    tensor: torch.Tensor,
+    allowed_dtypes: Iterable[torch.dtype],
+    context: str = "",
 ) -> None:
     allowed_list = list(allowed_dtypes)
     if tensor.dtype not in allowed_list:

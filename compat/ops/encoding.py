@@ -102,7 +102,11 @@ def trans_quant_param(
     func = "trans_quant_param"
     require_tensor(func, "scale", scale)
     require_dtype(func, "scale", scale, [torch.float32])
-    if isinstance(round_mode, bool) or not isinstance(round_mode, int) or round_mode not in ROUND_MODES:
+    if (
+        isinstance(round_mode, bool)
+        or not isinstance(round_mode, int)
+        or round_mode not in ROUND_MODES
+    ):
         raise ValueError(f"{func}: argument 'round_mode' is {round_mode!r}; allowed: 0, 1")
     if scale.dim() not in (1, 2) or (scale.dim() == 2 and scale.shape[0] != 1):
         raise ValueError(
@@ -135,7 +139,11 @@ def trans_quant_param(
                     f"{func}: argument 'offset' has length {u} and 'scale' length {t}; they must "
                     f"be equal or one of them 1"
                 )
-        if offset.device.type != "meta" and not _under_compile() and bool(torch.isnan(offset).any()):
+        if (
+            offset.device.type != "meta"
+            and not _under_compile()
+            and bool(torch.isnan(offset).any())
+        ):
             raise ValueError(f"{func}: argument 'offset' contains NaN; the offset must be a number")
     if backend.is_npu(scale) and backend.npu_status().available:
         return _npu_trans_quant_param(scale, offset, round_mode)

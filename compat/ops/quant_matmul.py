@@ -31,8 +31,16 @@ _TABLE: dict[tuple[bool, torch.dtype, bool], _Row] = {
     (False, _I8, False): {"scale": (_I64, _F32), "offset": (_F32, None), "bias": (_I32, None)},
     (False, _F16, False): {"scale": (_I64, _F32), "offset": (None,), "bias": (_I32, None)},
     (False, _F16, True): {"scale": (_F32,), "offset": (None,), "bias": (_I32, _F16, _F32, None)},
-    (False, _BF16, False): {"scale": (_F32, _BF16), "offset": (None,), "bias": (_I32, _BF16, _F32, None)},
-    (False, _BF16, True): {"scale": (_F32, _BF16), "offset": (None,), "bias": (_I32, _BF16, _F32, None)},
+    (False, _BF16, False): {
+        "scale": (_F32, _BF16),
+        "offset": (None,),
+        "bias": (_I32, _BF16, _F32, None),
+    },
+    (False, _BF16, True): {
+        "scale": (_F32, _BF16),
+        "offset": (None,),
+        "bias": (_I32, _BF16, _F32, None),
+    },
     (False, _I32, False): {"scale": (_F32, _BF16), "offset": (None,), "bias": (_I32, None)},
     (True, _F16, False): {"scale": (_I64, _F32), "offset": (None,), "bias": (_I32, None)},
     (True, _F16, True): {"scale": (_F32,), "offset": (None,), "bias": (_I32, _F16, _F32, None)},
@@ -58,7 +66,8 @@ def _check_output_dtype(output_dtype: object) -> torch.dtype:
     if not isinstance(output_dtype, torch.dtype):
         raise TypeError(
             f"{_FUNC}: argument 'output_dtype' must be a torch.dtype or None, got "
-            f"{type(output_dtype).__name__} {output_dtype!r}; allowed: {allowed(OUTPUT_DTYPES)}, None"
+            f"{type(output_dtype).__name__} {output_dtype!r}; allowed: "
+            f"{allowed(OUTPUT_DTYPES)}, None"
         )
     if output_dtype not in OUTPUT_DTYPES:
         raise ValueError(
@@ -181,7 +190,11 @@ def _check_shapes(
             raise ValueError(
                 f"{_FUNC}: the last dim of {name!r} as the NPU sees it is {size}; allowed: at "
                 f"most {MAX_LAST_DIM}"
-                + (" (x2 is a transposed view, so its storage's last dim is k)" if name == "x2" and transposed else "")
+                + (
+                    " (x2 is a transposed view, so its storage's last dim is k)"
+                    if name == "x2" and transposed
+                    else ""
+                )
             )
     try:
         batch = tuple(torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2]))
@@ -192,10 +205,10 @@ def _check_shapes(
         ) from None
     out_shape = (*batch, m, n)
     for name in ("scale", "offset"):
-        t = tensors[name]
-        if t is not None and (t.dim() != 1 or t.shape[0] not in (1, n)):
+        vec = tensors[name]
+        if vec is not None and (vec.dim() != 1 or vec.shape[0] not in (1, n)):
             raise ValueError(
-                f"{_FUNC}: argument {name!r} has shape {shape_str(t)}; allowed: (1,) or (n,) "
+                f"{_FUNC}: argument {name!r} has shape {shape_str(vec)}; allowed: (1,) or (n,) "
                 f"= ({n},)"
             )
     pertoken = tensors["pertoken_scale"]
@@ -214,7 +227,11 @@ def _check_shapes(
             and tuple(bias.shape) == (out_shape[0], 1, n)
         )
         if not (ok_1d or ok_3d):
-            extra = f" or (batch, 1, n) = ({out_shape[0]}, 1, {n})" if len(out_shape) == 3 and not a4w4 else ""
+            extra = (
+                f" or (batch, 1, n) = ({out_shape[0]}, 1, {n})"
+                if len(out_shape) == 3 and not a4w4
+                else ""
+            )
             raise ValueError(
                 f"{_FUNC}: argument 'bias' has shape {shape_str(bias)}; allowed: (n,) = ({n},)"
                 f"{extra}"

@@ -34,7 +34,11 @@ def accumulate(
     if a4w4:
         x1 = unpack_int4(x1)
         # a transposed x2 packs along k (its storage is (n, k/8)); otherwise along n.
-        x2 = unpack_int4(x2.transpose(-2, -1)).transpose(-2, -1) if x2_transposed else unpack_int4(x2)
+        x2 = (
+            unpack_int4(x2.transpose(-2, -1)).transpose(-2, -1)
+            if x2_transposed
+            else unpack_int4(x2)
+        )
     return int_matmul(x1, x2)
 
 
@@ -65,10 +69,8 @@ def effective_scale(
     if scale.dtype == torch.int64:
         s, off = decode(scale)
         return s, off
-    if scale.dtype == torch.float32 and not has_pertoken and output_dtype in (
-        torch.int8,
-        torch.float16,
-    ):
+    folded = output_dtype in (torch.int8, torch.float16)
+    if scale.dtype == torch.float32 and not has_pertoken and folded:
         if offset is not None:
             scale, offset = torch.broadcast_tensors(scale, offset)
         s, off = decode(encode(scale, offset, 0))

@@ -1,0 +1,96 @@
+"""python -m compat: help, exit codes, doctor and demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, run_python
+
+
+def _cli(*args: str, standin: str | None = None) -> subprocess.CompletedProcess[str]:
+    code = f"import sys, runpy; sys.argv = ['compat', *{list(args)!r}]; runpy.run_module('compat', run_name='__main__')"
+    return run_python(code, standin=standin)
+
+
+def test_help_and_usage_exit_codes() -> None:
+    from compat.cli import main
+
+    assert main(["--help"]) == 0
+    assert main([]) == 2
+    assert main(["no-such-command"]) == 2
+    assert main(["doctor", "--no-such-option"]) == 2
+    assert main(["demo", "--help"]) == 0
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from compat.cli import main
+
+    assert main(["--version"]) == 0
+    assert "0.1.0" in capsys.readouterr().out
+
+
+def test_doctor_without_torch_npu() -> None:
+    done = _cli("doctor", "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["torch_npu"] == {"state": "absent"}
+    assert info["torch"]["version"].startswith("2.")
+    assert info["backends"] == {"cpu": "reference"}
+    assert info["self_check"] == "ok" and info["usable"] is True
+
+
+def test_doctor_with_broken_torch_npu() -> None:
+    done = _cli("doctor", standin="broken")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "installed but failing to import" in out
+    assert "libhccl.so" in out and "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in out
+    assert "backend[cpu]    reference" in out and "usable          yes" in out
+
+
+def test_doctor_with_working_torch_npu() -> None:
+    done = _cli("doctor", "--json", standin="legacy")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["torch_npu"] == {"state": "available", "version": "2.13.0"}
+
+
+def test_demo_passes_and_prints_table() -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "compat", "demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for needle in (
+        "fc1",
+        "fc2",
+        "fc3",
+        "torch.int8",
+        "torch.float16",
+        "torch.bfloat16",
+        "max |diff|",
+    ):
+        assert needle in done.stdout
+    assert "MISMATCH" not in done.stdout
+
+
+def test_demo_oracle_detects_a_wrong_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's check must be able to fail: break the bias placement and see it."""
+    from compat.cli import _demo_oracle
+
+    original = _demo_oracle.linear64
+
+    def wrong(*args, **kwargs):  # type: ignore[no-untyped-def]
+        y = original(*args, **kwargs)
+        return y + 3.0  # as if an int32 bias of ~3/scale were misplaced
+
+    monkeypatch.setattr("compat.cli._demo_core.linear64", wrong)
+    from compat.cli.demo import main_sections
+
+    assert main_sections(seed=0, device="cpu") is False
