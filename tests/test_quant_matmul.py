@@ -188,7 +188,9 @@ int8_edge = st.sampled_from([-128, 127, 0, -1, 1])
 @st.composite
 def problems(draw):  # type: ignore[no-untyped-def]
     out, scale_kind, has_offset, has_pertoken, bias_kind = draw(st.sampled_from(LEGAL))
-    m, k, n = draw(st.integers(1, 5)), draw(st.integers(1, 40)), draw(st.integers(1, 6))
+    # k = 1100 with extreme values drives |acc| past 2**24 (float32 loses low bits)
+    k = draw(st.integers(1, 40) | st.just(1100))
+    m, n = draw(st.integers(1, 5)), draw(st.integers(1, 6))
     batch = draw(st.sampled_from([(), (2,), (1, 3)]))
     seed = draw(st.integers(0, 2**31 - 1))
     extremes = draw(st.booleans())
@@ -204,7 +206,7 @@ def problems(draw):  # type: ignore[no-untyped-def]
         x2 = x2.t().contiguous().t()  # transposed view, as LinearQuant passes it
     per_tensor = draw(st.booleans())
     ns = 1 if per_tensor else n
-    mag = draw(st.sampled_from([1e-4, 3e-3, 0.1, 1.0]))
+    mag = draw(st.sampled_from([1e-39, 1e-4, 3e-3, 0.1, 1.0]))  # 1e-39: denormal scales
     scale_f = (torch.rand(ns, generator=g) * 2 - 0.5) * mag
     offset = (
         (torch.rand(draw(st.sampled_from([1, n])), generator=g) - 0.5) * 700 if has_offset else None
