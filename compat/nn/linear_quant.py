@@ -9,11 +9,13 @@ Where torch_npu imports and provides ``LinearQuant``, this class subclasses it, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from compat.nn import _scale_cache
 from compat.nn._upstream import upstream_class
 from compat.ops.encoding import trans_quant_param
 from compat.ops.quant_matmul import OUTPUT_DTYPES, quant_matmul
@@ -127,11 +129,32 @@ class LinearQuant(_Base):
         )
 
     def _forward_scale(self) -> torch.Tensor:
-        """The scale handed to the op: a float32 scale is encoded (with the offset) first."""
+        """The scale handed to the op: a float32 scale is encoded (with the offset) first.
+
+        Unlike upstream, which re-encodes on every call, the int64 param is encoded once
+        and cached until ``scale`` or ``offset`` is replaced or modified in place (see
+        :mod:`compat.nn._scale_cache` and :meth:`clear_scale_cache`).
+        """
         if self._scale_needs_encoding():
-            return trans_quant_param(self.scale, self.offset)
+            return _scale_cache.cached_encoding(self, self.scale, self.offset, trans_quant_param)
         scale: torch.Tensor = self.scale
         return scale
+
+    def clear_scale_cache(self) -> None:
+        """Forget the cached int64 encoding of ``scale``/``offset``.
+
+        Needed only after writing through the ``.data`` alias in place (e.g.
+        ``m.scale.data.mul_(2)``), which PyTorch does not record in the parameter's
+        version counter. Replacing the tensors, ``load_state_dict``, ``.to()`` and
+        in-place ops on the parameters themselves are detected automatically.
+        """
+        _scale_cache.clear(self)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # .to(), .cuda(), .half(), ...: the cached param belongs to the old tensors
+        _scale_cache.clear(self)
+        apply: Callable[..., Any] = super()._apply  # untyped in torch's stubs
+        return apply(fn, recurse)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if (x.dtype, self.weight.dtype) not in _INPUT_PAIRS:

@@ -1,48 +1,138 @@
 """Exact int8 x int8 -> int32 matrix products on any torch device.
 
-|x1 @ x2| <= 128 * 128 * 65535 < 2**31 for every legal k, so the int32 result is exact
-and cannot overflow; each backend below is exact for that range:
+|x1 @ x2| <= 128 * 128 * 65535 < 2**30 for every legal k, so the int32 result cannot
+overflow; every kernel below returns the true integer product, bit for bit:
 
-* CPU (and meta): ``torch._int_mm`` on 2-D operands (batch dims of x1 folded into m).
+* ``"float"`` (default on CPUs without VNNI/AMX): float32 GEMMs (MKL on CPU) over chunks
+  of k of at most 1024. int8 values are exact in float32, and so is every partial sum
+  of a chunk, whatever order the GEMM adds in: each is an integer of magnitude at most
+  128 * 128 * 1024 = 2**24. The chunk results are converted to int32 and summed there.
+  This also holds in the reduced-precision float32 matmul modes (TF32, bf16 "bf32"):
+  they round the *inputs* (to 10 and 7 mantissa bits, exact for |v| <= 128 = 2**7) and
+  still accumulate in float32. On CPU the weight operand is converted block by block (a
+  few hundred columns of x2 at a time) into one reused float32 buffer, so the float copy
+  stays in cache and no large temporary is allocated per call.
+* ``"int_mm"`` (default on CPUs with AVX512-VNNI or AMX, where oneDNN has real int8
+  instructions): ``torch._int_mm`` on 2-D operands, batch dims of x1 folded into m.
 * CUDA: ``torch._int_mm`` where its shape rules hold, else float64 (integers below
   2**53 are exact whatever the summation order).
-* anything else (MPS, XPU, ...): float32 products over chunks of k <= 1024, each chunk
-  bounded by 2**24 and so exact, summed in int32.
+* anything else (meta, MPS, XPU, ...), and CPU code being traced by ``torch.compile``:
+  the same chunked float32 products, written without scratch buffers.
+
+On CPU the choice can be forced with the environment variable ``COMPAT_CPU_INT_MATMUL``
+(``auto``, ``float`` or ``int_mm``, read at import) or :func:`set_cpu_kernel`. The
+measurements behind the default are in docs/performance.md.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import torch
 
-_FLOAT32_EXACT_CHUNK = 1024  # 128 * 128 * 1024 == 2**24
+FLOAT32_EXACT_CHUNK = 1024  # 128 * 128 * 1024 == 2**24, the float32 exact-integer limit
+CPU_KERNELS = ("auto", "float", "int_mm")
+_ENV = "COMPAT_CPU_INT_MATMUL"
+# Elements of the float32 block of x2 converted at a time (8 MiB): large enough for MKL
+# to run at full speed on it, small enough to stay in the last-level cache.
+_BLOCK_ELEMENTS = 2**21
+_MIN_BLOCK_COLS, _MAX_BLOCK_COLS = 64, 1024
+
+_Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _cpu_has_fast_int8() -> bool:
+    """Whether oneDNN has int8 dot-product instructions here (AVX512-VNNI or AMX)."""
+    probes = ("_is_vnni_supported", "_is_amx_tile_supported")
+    for name in probes:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and bool(probe()):
+                return True
+        except Exception:  # a private torch API: never let a probe break the import
+            continue
+    return False
+
+
+def _resolve(choice: str) -> str:
+    if choice not in CPU_KERNELS:
+        raise ValueError(
+            f"CPU int8 matmul kernel {choice!r} is unknown; allowed: {', '.join(CPU_KERNELS)}"
+        )
+    if choice == "auto":
+        return "int_mm" if _cpu_has_fast_int8() else "float"
+    return choice
+
+
+def _from_env() -> str:
+    value = os.environ.get(_ENV, "auto").strip().lower() or "auto"
+    if value not in CPU_KERNELS:
+        raise ValueError(
+            f"environment variable {_ENV}={value!r} is not a CPU int8 matmul kernel; "
+            f"allowed: {', '.join(CPU_KERNELS)}"
+        )
+    return _resolve(value)
+
+
+_cpu_kernel = _from_env()
+
+
+def cpu_kernel() -> str:
+    """The kernel used for CPU tensors: ``"float"`` or ``"int_mm"``."""
+    return _cpu_kernel
+
+
+def set_cpu_kernel(choice: str) -> str:
+    """Select the CPU kernel (``"auto"``, ``"float"`` or ``"int_mm"``); returns the
+    previous resolved choice. Every kernel is exact: this changes speed only."""
+    global _cpu_kernel
+    previous = _cpu_kernel
+    _cpu_kernel = _resolve(choice)
+    return previous
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
 
 
 def int_matmul(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """``x1 @ x2`` for int8 operands with broadcast batch dims, as exact int32."""
     device = x1.device.type
-    if device in ("cpu", "meta"):
-        if x2.dim() == 2:
-            return _int_mm_folded(x1, x2)
-        return _batched_int_mm(x1, x2)
-    if device == "cuda":
+    kernel: _Kernel
+    if device == "cpu":
+        if _cpu_kernel == "int_mm":
+            kernel = torch._int_mm
+        elif _compiling():
+            kernel = _chunked_float32
+        else:
+            kernel = _blocked_float32
+    elif device == "cuda":
         if x2.dim() == 2 and _cuda_int_mm_ok(x1, x2):
-            return _int_mm_folded(x1, x2)
+            return _folded(torch._int_mm, x1, x2)
         return torch.matmul(x1.to(torch.float64), x2.to(torch.float64)).to(torch.int32)
-    return _chunked_float32(x1, x2)
+    else:
+        return _chunked_float32(x1, x2)
+    if x2.dim() == 2:
+        return _folded(kernel, x1, x2)
+    return _batched(kernel, x1, x2)
 
 
-def _int_mm_folded(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+def _folded(kernel: _Kernel, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """A 2-D x2: fold x1's batch dims into m and run one 2-D product."""
     k, n = x2.shape
     lead = x1.shape[:-1]
-    out = torch._int_mm(x1.reshape(-1, k), x2)
+    out = kernel(x1.reshape(-1, k), x2)
     return out.reshape(*lead, n)
 
 
-def _batched_int_mm(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+def _batched(kernel: _Kernel, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """A batched x2: one 2-D product per broadcast batch element."""
     batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
     a = x1.expand(*batch, *x1.shape[-2:]).reshape(-1, *x1.shape[-2:])
     b = x2.expand(*batch, *x2.shape[-2:]).reshape(-1, *x2.shape[-2:])
-    out = torch.stack([torch._int_mm(a[i], b[i]) for i in range(a.shape[0])])
+    out = torch.stack([kernel(a[i], b[i]) for i in range(a.shape[0])])
     return out.reshape(*batch, x1.shape[-2], x2.shape[-1])
 
 
@@ -52,11 +142,52 @@ def _cuda_int_mm_ok(x1: torch.Tensor, x2: torch.Tensor) -> bool:
     return m > 16 and k % 8 == 0 and n % 8 == 0
 
 
+def block_cols(k: int, n: int) -> int:
+    """Columns of x2 converted to float32 at a time by :func:`_blocked_float32`."""
+    cols = max(_MIN_BLOCK_COLS, min(_MAX_BLOCK_COLS, _BLOCK_ELEMENTS // max(k, 1)))
+    return min(n, cols)
+
+
+def _blocked_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact ``a (m, k) @ b (k, n)`` for int8 2-D operands via float32 GEMMs.
+
+    b is converted to float32 ``cols`` columns at a time into one scratch buffer laid out
+    like b (a transposed view such as ``weight.t()`` keeps its k-contiguous layout), so
+    the conversion streams through memory; each block is multiplied chunk of k by chunk
+    of k (<= 1024, exact) and summed into the int32 output.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    af = a.to(torch.float32)
+    out = torch.empty((m, n), dtype=torch.int32, device=a.device)
+    cols = block_cols(k, n)
+    k_major = b.stride(0) == 1 and b.stride(1) != 1  # a .t() view of a contiguous (n, k)
+    if k_major:
+        buf = torch.empty((cols, k), dtype=torch.float32, device=a.device).t()
+    else:
+        buf = torch.empty((k, cols), dtype=torch.float32, device=a.device)
+    chunks = [(s, min(s + FLOAT32_EXACT_CHUNK, k)) for s in range(0, k, FLOAT32_EXACT_CHUNK)]
+    for start in range(0, n, cols):
+        stop = min(start + cols, n)
+        block = buf[:, : stop - start]
+        block.copy_(b[:, start:stop])
+        dest = out[:, start:stop]
+        for i, (lo, hi) in enumerate(chunks):
+            part = torch.mm(af[:, lo:hi], block[lo:hi])
+            if i == 0:
+                dest.copy_(part)  # exact integers below 2**24: the conversion is exact
+            else:
+                dest.add_(part.to(torch.int32))
+    return out
+
+
 def _chunked_float32(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """Exact ``x1 @ x2`` (broadcast batch dims) as a sum of float32 products over chunks
+    of k of at most 1024; no scratch buffers, so it suits any device and tracing."""
     k = x1.shape[-1]
     total: torch.Tensor | None = None
-    for start in range(0, k, _FLOAT32_EXACT_CHUNK):
-        stop = min(start + _FLOAT32_EXACT_CHUNK, k)
+    for start in range(0, k, FLOAT32_EXACT_CHUNK):
+        stop = min(start + FLOAT32_EXACT_CHUNK, k)
         part = torch.matmul(
             x1[..., start:stop].to(torch.float32), x2[..., start:stop, :].to(torch.float32)
         ).to(torch.int32)

@@ -42,12 +42,20 @@ def accumulate(
     return int_matmul(x1, x2)
 
 
-def _wrapping_add_int32(acc: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``acc + bias`` with int32 two's complement wrap-around (the vendor golden wraps;
-    the hardware behaviour on overflow is UNCONFIRMED, spec §2.4)."""
-    wide = acc.to(torch.int64) + bias.to(torch.int64)
-    wrapped = ((wide + 2**31) & 0xFFFFFFFF) - 2**31
-    return wrapped.to(torch.int32)
+def _wrapping_add_int32_(acc: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``acc += bias`` in place, with int32 two's complement wrap-around (the vendor
+    golden wraps; the hardware behaviour on overflow is UNCONFIRMED, spec §2.4).
+
+    No int64 temporary of the accumulator's size and no int32 overflow: |acc| < 2**30
+    (at most 128 * 128 * 65535 for A8W8, less for A4W4), so each bias value is first
+    moved into [-2**30, 2**30) by adding or subtracting 2**31 (a few ops on the small
+    bias, in int64), the add then stays inside int32, and the 2**31 taken out is put
+    back by flipping the sign bit, which is exactly addition of 2**31 modulo 2**32.
+    """
+    wide = bias.to(torch.int64)
+    near = ((wide + 2**30) & (2**31 - 1)) - 2**30  # == wide (mod 2**31), in [-2**30, 2**30)
+    flip = torch.where(near != wide, -(2**31), 0).to(torch.int32)  # the sign bit, or 0
+    return acc.add_(near.to(torch.int32)).bitwise_xor_(flip)
 
 
 def effective_scale(
@@ -91,24 +99,27 @@ def reference_quant_matmul(
     x2_transposed: bool = False,
 ) -> torch.Tensor:
     """Compute ``npu_quant_matmul`` exactly as spec §6 describes."""
-    acc = accumulate(x1, x2, a4w4=a4w4, x2_transposed=x2_transposed)
+    acc = accumulate(x1, x2, a4w4=a4w4, x2_transposed=x2_transposed)  # a fresh tensor
     int_bias = bias is not None and bias.dtype == torch.int32
     if int_bias:
         assert bias is not None
-        acc = _wrapping_add_int32(acc, bias)  # before any scaling
+        acc = _wrapping_add_int32_(acc, bias)  # before any scaling
     if output_dtype == torch.int32:
         return acc  # the scale value is ignored for int32 output
     s, off = effective_scale(
         scale, offset, output_dtype=output_dtype, has_pertoken=pertoken_scale is not None
     )
-    y = acc.to(torch.float32) * s
+    # int32 * float32 promotes to float32: each acc is converted to float32 (rounding
+    # to nearest even, as .to(torch.float32) does) and then multiplied, in one pass.
+    y = torch.mul(acc, s)
     if pertoken_scale is not None:
         y = y * pertoken_scale.unsqueeze(-1)
     if bias is not None and not int_bias:
         y = y + bias.to(torch.float32)  # float bias: after scale and pertoken, in float32
     if output_dtype == torch.int8:
-        t = torch.round(y).clamp(-256, 255)  # 9-bit stage before the offset (spec §2.4)
+        # int8 output cannot carry gradients, so the fresh tensor t is updated in place.
+        t = torch.round(y).clamp_(-256, 255)  # 9-bit stage before the offset (spec §2.4)
         if off is not None:
-            t = t + off
-        return t.clamp(-128, 127).to(torch.int8)
+            t.add_(off)
+        return t.clamp_(-128, 127).to(torch.int8)
     return y.to(output_dtype)  # float16 / bfloat16: round half-to-even

@@ -1,0 +1,93 @@
+"""The int64 quant param a module encodes from its float32 ``scale`` (and ``offset``),
+computed once and reused while those tensors are unchanged.
+
+Upstream ``LinearQuant.forward`` calls ``npu_trans_quant_param`` on every call; the
+result depends only on the values of ``scale`` and ``offset``, so compat caches it. An
+entry is reused only while, for both tensors:
+
+* the module still holds the *same* tensor object (a new Parameter, or
+  ``load_state_dict(assign=True)``, replaces it);
+* its data pointer, shape, strides, dtype and device are unchanged (``.data = t``,
+  ``.to()``): the entry keeps an alias of the old storage alive, so a later allocation
+  cannot reuse that address and look unchanged;
+* its version counter is unchanged: every in-place op through the tensor itself bumps
+  it (``scale.mul_(2)``, ``scale.copy_(t)``, ``load_state_dict`` without assign, writes
+  under ``torch.no_grad()``).
+
+Not detectable: in-place writes through the ``.data`` alias (``scale.data.mul_(2)``,
+``scale.data[0] = 1``), since ``.data`` is a tensor with its own version counter, by
+design of PyTorch. After such a write, call ``module.clear_scale_cache()``.
+
+No cache is used while ``torch.compile`` traces the module (the encoding then becomes
+part of the graph), for inference tensors (created under ``torch.inference_mode()``,
+they have no version counter) and for tensors without a data pointer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+ATTRIBUTE = "_compat_scale_cache"
+
+_Key = tuple[int, int, torch.Size, tuple[int, ...], torch.dtype, torch.device]
+
+
+class _Entry:
+    __slots__ = ("keep", "key", "offset", "scale", "value")
+
+    def __init__(
+        self,
+        scale: torch.Tensor,
+        offset: torch.Tensor | None,
+        key: tuple[_Key, _Key | None],
+        value: torch.Tensor,
+    ) -> None:
+        self.scale = scale
+        self.offset = offset
+        self.key = key
+        self.value = value
+        # detached aliases share the storage, so its address stays taken while cached
+        self.keep = (scale.detach(), None if offset is None else offset.detach())
+
+
+def _key(t: torch.Tensor) -> _Key:
+    return (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device)
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+def cached_encoding(
+    owner: torch.nn.Module,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None,
+    encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> torch.Tensor:
+    """``encode(scale, offset)``, reusing the value cached on ``owner`` when valid."""
+    if _compiling():
+        return encode(scale, offset)
+    try:
+        key = (_key(scale), None if offset is None else _key(offset))
+    except (RuntimeError, AttributeError, TypeError):
+        # inference tensors (no version counter), tensor subclasses without storage, ...
+        return encode(scale, offset)
+    entry = owner.__dict__.get(ATTRIBUTE)
+    if (
+        isinstance(entry, _Entry)
+        and entry.scale is scale
+        and entry.offset is offset
+        and entry.key == key
+    ):
+        return entry.value
+    value = encode(scale, offset)
+    owner.__dict__[ATTRIBUTE] = _Entry(scale, offset, key, value)
+    return value
+
+
+def clear(owner: torch.nn.Module) -> None:
+    """Drop ``owner``'s cached quant param, if any."""
+    owner.__dict__.pop(ATTRIBUTE, None)
