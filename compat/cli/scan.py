@@ -91,6 +91,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also walk .git, .venv, venv, __pycache__, .tox, build caches and the like",
     )
     parser.add_argument(
+        "--check-syntax",
+        action="store_true",
+        help="parse every file and report its syntax errors; by default only files that "
+        "mention LinearA8W8Quant are parsed (no other file can contain a use)",
+    )
+    parser.add_argument(
         "-j",
         "--jobs",
         type=_jobs,
@@ -148,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"compat scan: error: {path}: no such file or directory", file=sys.stderr)
     mode: Mode = "fix" if args.fix else "diff" if args.diff else "scan"
     started = time.perf_counter()
-    results = process_files(files, mode, args.jobs)
+    results = process_files(files, mode, args.jobs, check_syntax=args.check_syntax)
     elapsed = time.perf_counter() - started
     findings = sorted(f for result in results for f in result.findings)
     render = format_json if args.format == "json" else format_text

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
+
+from compat.scan._text import SourceText
 
 TARGET = "LinearA8W8Quant"
 REPLACEMENT = "LinearQuant"
@@ -191,12 +195,98 @@ class SymbolTable:
         return _UNKNOWN
 
 
-def build(tree: ast.Module) -> SymbolTable:
-    """Collect scopes, bindings and candidate references of *tree*."""
+def build(tree: ast.Module, source: SourceText | None = None) -> SymbolTable:
+    """Collect scopes, bindings and candidate references of *tree*.
+
+    With the module's *source*, compound statements whose text mentions none of the names
+    that matter (see :func:`relevant_names`) are skipped: they can hold neither a use
+    nor a binding that changes what a use resolves to.
+    """
     module = Scope("module", tree, None)
     table = SymbolTable(module, [module])
-    _Collector(table).run(tree, module)
+    collector = _Collector(table)
+    if source is not None and ":=" not in source.text:
+        collector.set_filter(source, relevant_names(tree))
+    collector.run(tree, module)
     return table
+
+
+_COMPOUND = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.If,
+    ast.For,
+    ast.AsyncFor,
+    ast.While,
+    ast.With,
+    ast.AsyncWith,
+    ast.Try,
+    ast.Match,
+)
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Every statement in *body*, nested ones included (expressions are not entered)."""
+    stack = list(reversed(body))
+    while stack:
+        stmt = stack.pop()
+        yield stmt
+        if isinstance(stmt, _COMPOUND) or type(stmt).__name__ == "TryStar":
+            nested: list[ast.stmt] = []
+            for name in ("body", "orelse", "finalbody"):
+                nested.extend(getattr(stmt, name, []))
+            for handler in getattr(stmt, "handlers", []):
+                nested.extend(handler.body)
+            for case in getattr(stmt, "cases", []):
+                nested.extend(case.body)
+            stack.extend(reversed(nested))
+
+
+def _root(expr: ast.expr) -> ast.expr:
+    while isinstance(expr, ast.Attribute | ast.Call):
+        expr = expr.value if isinstance(expr, ast.Attribute) else expr.func
+    return expr
+
+
+def relevant_names(tree: ast.Module) -> frozenset[str]:
+    """Names that may stand for LinearA8W8Quant or a module it is reached through.
+
+    The two class names, every name an import from torch_npu or compat binds, every
+    name ``importlib.import_module`` of such a module is assigned to, and, repeatedly,
+    every name assigned from an expression rooted at one of these names.
+    """
+    names = {TARGET, REPLACEMENT}
+    assigns: list[tuple[list[str], ast.expr]] = []
+    for stmt in _statements(tree.body):
+        if isinstance(stmt, ast.Import):
+            for alias in stmt.names:
+                if family(alias.name) is not None:
+                    names.add(alias.asname or alias.name.split(".", 1)[0])
+        elif isinstance(stmt, ast.ImportFrom):
+            if stmt.level == 0 and family(stmt.module) is not None:
+                names.update(a.asname or a.name for a in stmt.names)
+        elif isinstance(stmt, ast.Assign | ast.AnnAssign) and stmt.value is not None:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            plain = [t.id for t in targets if isinstance(t, ast.Name)]
+            if plain:
+                assigns.append((plain, stmt.value))
+    changed = True
+    while changed:
+        changed = False
+        for bound, value in assigns:
+            root = _root(value)
+            module_call = (
+                isinstance(value, ast.Call)
+                and len(value.args) > 0
+                and isinstance(value.args[0], ast.Constant)
+                and family(str(value.args[0].value)) is not None
+            )
+            if (isinstance(root, ast.Name) and root.id in names) or module_call:
+                if not names.issuperset(bound):
+                    names.update(bound)
+                    changed = True
+    return frozenset(names)
 
 
 def _is_none_check(node: ast.Compare) -> bool:
@@ -214,6 +304,29 @@ class _Collector:
 
     def __init__(self, table: SymbolTable) -> None:
         self.table = table
+        self.text: SourceText | None = None
+        self.names_re: re.Pattern[str] | None = None
+
+    def set_filter(self, source: SourceText, names: frozenset[str]) -> None:
+        """Skip compound statements whose text mentions none of *names*."""
+        self.text = source
+        words = "|".join(re.escape(name) for name in sorted(names))
+        self.names_re = re.compile(rf"(?<![\w.])(?:{words})\b|\.{TARGET}\b")
+
+    def irrelevant(self, node: ast.stmt, scope: Scope) -> bool:
+        """Whether *node* is a compound statement that cannot matter (see :func:`build`)."""
+        if self.names_re is None or self.text is None or not isinstance(node, _COMPOUND):
+            return False
+        first: int = node.lineno
+        for decorator in getattr(node, "decorator_list", []):
+            first = min(first, decorator.lineno)
+        last: int = getattr(node, "end_lineno", None) or node.lineno
+        starts = self.text.line_starts
+        end = starts[last] if last < len(starts) else len(self.text.text)
+        segment = self.text.text[starts[first - 1] : end]
+        if scope.parent is None and "torch" in segment:
+            return False  # module-level torch bindings decide how fixes spell torch.int8
+        return self.names_re.search(segment) is None
 
     def run(self, tree: ast.Module, module: Scope) -> None:
         self.stmts(tree.body, module, in_except=False)
@@ -266,7 +379,8 @@ class _Collector:
 
     def stmts(self, body: list[ast.stmt], scope: Scope, *, in_except: bool) -> None:
         for stmt in body:
-            self.stmt(stmt, scope, body, in_except)
+            if not self.irrelevant(stmt, scope):
+                self.stmt(stmt, scope, body, in_except)
 
     def stmt(self, node: ast.stmt, scope: Scope, block: list[ast.stmt], in_except: bool) -> None:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):

@@ -22,6 +22,7 @@ from compat.scan._symbols import (
     family,
     is_deprecated,
 )
+from compat.scan._text import SourceText
 
 Kind = Literal["import", "call", "subclass", "isinstance", "alias", "dynamic", "reference"]
 
@@ -68,9 +69,9 @@ class Analysis:
     sites: list[Site]
 
 
-def find(tree: ast.Module) -> Analysis:
-    """Every use of the deprecated class in *tree*."""
-    table = build(tree)
+def find(tree: ast.Module, source: SourceText | None = None) -> Analysis:
+    """Every use of the deprecated class in *tree* (*source*: its text, to skip faster)."""
+    table = build(tree, source)
     sites: list[Site] = []
     for _, binding in table.imports:
         if is_deprecated(binding.qualname):

@@ -90,7 +90,7 @@ class _Group:
 
 def plan(source: SourceText, tree: ast.Module, analysis: Analysis | None = None) -> Plan:
     """Analyse *tree* (parsed from *source*) and plan every safe fix."""
-    return _Planner(source, tree, analysis or find(tree)).run()
+    return _Planner(source, tree, analysis or find(tree, source)).run()
 
 
 def fix_text(text: str, filename: str = "<string>") -> tuple[str, Plan]:

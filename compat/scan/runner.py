@@ -61,8 +61,14 @@ def findings_from(plan_: Plan, source: SourceText, path: str) -> list[Finding]:
     return result
 
 
-def scan_text(text: str, path: str = "<string>") -> list[Finding]:
-    """Findings for the module source *text*, shown as *path*."""
+def scan_text(text: str, path: str = "<string>", *, check_syntax: bool = True) -> list[Finding]:
+    """Findings for the module source *text*, shown as *path*.
+
+    Text that does not contain ``LinearA8W8Quant`` cannot hold a use; it is only parsed
+    (to report a syntax error) when *check_syntax* is true.
+    """
+    if not check_syntax and TARGET not in text:
+        return []
     try:
         tree = parse_module(text, path)
     except SyntaxError as exc:
@@ -120,15 +126,15 @@ def _diff(path: str, old: str, new: str) -> str:
     return "".join(out)
 
 
-def process_file(path: str, mode: Mode) -> FileResult:
-    """Scan (and fix or diff) one file."""
+def process_file(path: str, mode: Mode, check_syntax: bool = False) -> FileResult:
+    """Scan (and fix or diff) one file; see :func:`scan_text` for *check_syntax*."""
     read = _read(path)
     if isinstance(read, Finding):
         return FileResult(path, findings=[read])
     text, encoding = read
     result = FileResult(path, lines=_count_lines(text))
     if mode == "scan" or TARGET not in text:
-        result.findings = scan_text(text, path)
+        result.findings = scan_text(text, path, check_syntax=check_syntax)
         return result
     try:
         new_text, remaining, fixed = fix_source(text, path)
@@ -157,8 +163,8 @@ def process_file(path: str, mode: Mode) -> FileResult:
     return result
 
 
-def _process_chunk(paths: list[str], mode: Mode) -> list[FileResult]:
-    return [process_file(path, mode) for path in paths]
+def _process_chunk(paths: list[str], mode: Mode, check_syntax: bool) -> list[FileResult]:
+    return [process_file(path, mode, check_syntax) for path in paths]
 
 
 def _threads() -> int:
@@ -188,9 +194,14 @@ def process_files(
     mode: Mode = "scan",
     jobs: int | None = None,
     *,
+    check_syntax: bool = False,
     min_parallel_bytes: int = PARALLEL_MIN_BYTES,
 ) -> list[FileResult]:
-    """Results for *paths*, in the same order; uses *jobs* worker processes when it pays."""
+    """Results for *paths*, in the same order; uses *jobs* worker processes when it pays.
+
+    Files that do not mention ``LinearA8W8Quant`` are only read, unless *check_syntax*
+    asks for every file to be parsed so that its syntax errors are reported.
+    """
     jobs = default_jobs() if not jobs else jobs
     if jobs > 1 and len(paths) > 1 and min_parallel_bytes > 0:
         total = 0
@@ -204,14 +215,14 @@ def process_files(
         if total < min_parallel_bytes:
             jobs = 1
     if jobs <= 1 or len(paths) <= 1:
-        return _process_chunk(list(paths), mode)
+        return _process_chunk(list(paths), mode, check_syntax)
     # many small chunks keep both workers busy until the end
     count = min(len(paths), jobs * 8)
     chunks = [list(paths[i::count]) for i in range(count)]
     order = {path: index for index, path in enumerate(paths)}
     results: list[FileResult] = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_context()) as pool:
-        for chunk_results in pool.map(_process_chunk, chunks, repeat(mode)):
+        for chunk_results in pool.map(_process_chunk, chunks, repeat(mode), repeat(check_syntax)):
             results.extend(chunk_results)
     results.sort(key=lambda r: order[r.path])
     return results

@@ -174,7 +174,8 @@ def test_missing_path_exits_2_but_scans_the_rest(
 def test_syntax_error_is_reported_and_others_still_scanned(
     tree: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tree / "pkg" / "broken.py").write_text("import torch\n\ndef f(:\n    pass\n")
+    broken = "from compat import LinearA8W8Quant\n\ndef f(:\n    pass\n"
+    (tree / "pkg" / "broken.py").write_text(broken)
     assert main(["pkg", "-q"]) == 2
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "pkg/broken.py:3:7: LQC901 syntax error: invalid syntax"
@@ -192,6 +193,16 @@ def test_syntax_error_is_reported_and_others_still_scanned(
             "fixable": False,
         }
     ]
+
+
+def test_check_syntax_parses_every_file(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tree / "pkg" / "unrelated.py").write_text("def f(:\n")
+    # a file that does not mention the class cannot contain a use: not parsed by default
+    assert main(["pkg/unrelated.py", "pkg/clean.py", "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["pkg/unrelated.py", "pkg/clean.py", "-q", "--check-syntax"]) == 2
+    assert capsys.readouterr().out == "pkg/unrelated.py:1:7: LQC901 syntax error: invalid syntax\n"
+    assert main(["pkg", "-q", "--check-syntax", "--exclude", "unrelated.py"]) == 1
 
 
 def test_undecodable_file_is_unreadable(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:

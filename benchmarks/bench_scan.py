@@ -1,0 +1,184 @@
+"""Benchmark ``python -m compat scan`` on a generated corpus; prints lines per second.
+
+    python benchmarks/bench_scan.py                 # 250,000 lines, 1 and 2 workers
+    python benchmarks/bench_scan.py --lines 1000000 --jobs 2 4 --repeat 5
+
+The corpus is deterministic (seeded): model-like modules with imports, classes,
+methods, docstrings and comments; about one file in eight uses LinearA8W8Quant in one
+of the legacy forms. Timings include discovery, reading, parsing, analysis and worker
+start-up. Nothing is asserted unless --min-rate is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compat.scan import Excludes, discover, process_files  # noqa: E402
+
+HEADER = '''"""{title}.
+
+Generated benchmark module {index}: {words}.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+'''
+
+LEGACY_USES = [
+    "from torch_npu.contrib.module import LinearA8W8Quant\n",
+    "import torch_npu.contrib.module as npu_modules\n",
+    "from compat import LinearA8W8Quant as Quant\n",
+]
+LEGACY_CALLS = [
+    "        self.quant_{n} = LinearA8W8Quant({a}, {b}, False)\n",
+    "        self.quant_{n} = npu_modules.LinearA8W8Quant({a}, {b}, bias=True, offset=True)\n",
+    "        self.quant_{n} = Quant({a}, {b}, output_dtype=torch.float16)\n",
+]
+
+CLASS = '''
+
+@dataclass
+class {name}Config:
+    """Configuration of :class:`{name}`."""
+
+    hidden: int = {a}
+    heads: int = {heads}
+    dropout: float = 0.{drop}
+
+
+class {name}(nn.Module):
+    """A block with {heads} heads ({words})."""
+
+    def __init__(self, config: {name}Config) -> None:
+        super().__init__()
+        self.config = config
+        self.proj = nn.Linear(config.hidden, {b})
+        self.norm = nn.LayerNorm({b})
+{extra}
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # scale before the projection; see the {words} note
+        scale = 1.0 / math.sqrt(self.config.hidden)
+        y = self.proj(x * scale)
+        if mask is not None:
+            y = y.masked_fill(mask, 0.0)
+        for _ in range({heads}):
+            y = torch.relu(self.norm(y)) + y
+        return y
+
+    def extra_repr(self) -> str:
+        return f"hidden={{self.config.hidden}}, heads={{self.config.heads}}"
+
+
+def build_{lower}(hidden: int = {a}) -> {name}:
+    """Build a :class:`{name}` with defaults."""
+    values = [i * {heads} for i in range(hidden) if i % 3 == 0]
+    table = {{str(v): v for v in values}}
+    return {name}({name}Config(hidden=hidden, heads=len(table) % 7 + 1))
+'''
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+def make_module(rng: random.Random, index: int, legacy: int | None) -> str:
+    """Source of one generated module; *legacy* selects a legacy form (None: none)."""
+    words = " ".join(rng.sample(WORDS, 4))
+    parts = [HEADER.format(title=f"Module {index}", index=index, words=words)]
+    if legacy is not None:
+        parts.append(LEGACY_USES[legacy])
+    for n in range(rng.randint(4, 9)):
+        name = f"Block{index}x{n}"
+        extra = ""
+        if legacy is not None and n % 2 == 0:
+            extra = LEGACY_CALLS[legacy].format(n=n, a=rng.randint(8, 512), b=rng.randint(8, 512))
+        parts.append(
+            CLASS.format(
+                name=name,
+                lower=name.lower(),
+                a=rng.randint(8, 4096),
+                b=rng.randint(8, 4096),
+                heads=rng.randint(1, 16),
+                drop=rng.randint(0, 9),
+                words=words,
+                extra=extra,
+            )
+        )
+    return "".join(parts)
+
+
+def make_corpus(directory: Path, min_lines: int, seed: int = 1234) -> tuple[int, int, int]:
+    """Write modules under *directory* until *min_lines*; returns (files, lines, bytes)."""
+    rng = random.Random(seed)
+    files = lines = size = 0
+    while lines < min_lines:
+        package = directory / f"pkg{files // 50}"
+        package.mkdir(exist_ok=True)
+        legacy = rng.randrange(len(LEGACY_USES)) if rng.random() < 0.125 else None
+        text = make_module(rng, files, legacy)
+        (package / f"mod{files}.py").write_text(text, encoding="utf-8")
+        files += 1
+        lines += text.count("\n")
+        size += len(text.encode("utf-8"))
+    return files, lines, size
+
+
+def measure(directory: Path, jobs: int, repeat: int) -> tuple[list[float], int, int]:
+    """Wall times of *repeat* full scans, the line count and the number of findings."""
+    times: list[float] = []
+    lines = findings = 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        paths, _ = discover([str(directory)], Excludes())
+        results = process_files(paths, "scan", jobs)
+        times.append(time.perf_counter() - started)
+        lines = sum(r.lines for r in results)
+        findings = sum(len(r.findings) for r in results)
+    return times, lines, findings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate the corpus, time the scans, print lines/s."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=250_000, help="corpus size (min lines)")
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="worker counts")
+    parser.add_argument("--repeat", type=int, default=5, help="scans per worker count")
+    parser.add_argument("--keep", type=Path, help="write the corpus here and keep it")
+    parser.add_argument("--min-rate", type=float, help="exit 1 if the best 2-job rate is lower")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as temp:
+        directory = args.keep or Path(temp)
+        directory.mkdir(parents=True, exist_ok=True)
+        files, lines, size = make_corpus(directory, args.lines)
+        print(f"corpus: {files} files, {lines} lines, {size / 1e6:.1f} MB in {directory}")
+        best_rate: dict[int, float] = {}
+        for jobs in args.jobs:
+            times, scanned, findings = measure(directory, jobs, args.repeat)
+            assert scanned == lines, (scanned, lines)
+            best, median = min(times), statistics.median(times)
+            best_rate[jobs] = lines / best
+            print(
+                f"jobs={jobs}: best {best:.3f}s ({lines / best:,.0f} lines/s), "
+                f"median {median:.3f}s ({lines / median:,.0f} lines/s), {findings} findings"
+            )
+    if args.min_rate is not None and best_rate.get(2, 0.0) < args.min_rate:
+        print(f"below --min-rate {args.min_rate:,.0f} lines/s", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
