@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 from compat._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from compat._deprecation import LinearA8W8QuantDeprecationWarning
+    from compat._legacy_imports import install_legacy_imports
+    from compat.nn.linear_a8w8_quant import LinearA8W8Quant
     from compat.nn.linear_quant import LinearQuant
     from compat.ops.encoding import decode_quant_param, trans_quant_param
     from compat.ops.quant_matmul import quant_matmul
@@ -22,12 +25,18 @@ _EXPORTS: dict[str, str] = {
     "trans_quant_param": "compat.ops.encoding",
     "decode_quant_param": "compat.ops.encoding",
     "LinearQuant": "compat.nn.linear_quant",
+    "LinearA8W8Quant": "compat.nn.linear_a8w8_quant",
+    "LinearA8W8QuantDeprecationWarning": "compat._deprecation",
+    "install_legacy_imports": "compat._legacy_imports",
 }
 
 __all__ = [
+    "LinearA8W8Quant",
+    "LinearA8W8QuantDeprecationWarning",
     "LinearQuant",
     "__version__",
     "decode_quant_param",
+    "install_legacy_imports",
     "quant_matmul",
     "trans_quant_param",
 ]

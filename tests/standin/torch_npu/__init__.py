@@ -77,5 +77,10 @@ def npu_quant_matmul(x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, *a
     return _filled((*x1.shape[:-1], x2.shape[-1]), dtype)
 
 
+# Upstream imports torch_npu.contrib (and so torch_npu.contrib.module) while
+# ``import torch_npu`` runs (torch_npu/_init/patches/monkey_patches.py); so does the stand-in.
+import torch_npu.contrib  # noqa: E402, F401
+
+
 def _autoload() -> None:
     """torch.backends entry point (the real one initialises the NPU runtime)."""

@@ -1,0 +1,363 @@
+"""``compat.LinearA8W8Quant``: torch_npu's deprecated class, as a subclass of ``LinearQuant``.
+
+Every constructor form that torch_npu ever shipped or had on master (spec §3.1) is
+accepted:
+
+* A1-A4, positional: ``LinearA8W8Quant(in_features, out_features, bias=True, offset=False,
+  device=None, dtype=None, output_dtype=None)`` (so upstream's own docstring example
+  ``LinearA8W8Quant(5, 127, False)`` works);
+* A5-A9, keyword-only: ``LinearA8W8Quant(in_features, out_features, *, bias=True,
+  offset=False, pertoken_scale=False, device=None, dtype=None, output_dtype=None)``.
+
+Old semantics are mapped explicitly: ``output_dtype=None`` (and the strings older op
+versions took) become a ``torch.dtype``, ``None`` being pinned to ``torch.int8``;
+``torch.int32`` output stays rejected as in every released LinearA8W8Quant; ``dtype`` is
+accepted and ignored as upstream always did; ``device`` is honoured. The forward-time
+dtype validation of variant A8 (spec §3.3) is kept.
+
+Each construction warns :class:`compat.LinearA8W8QuantDeprecationWarning` at the
+caller's line with the equivalent ``LinearQuant`` call, which
+:func:`replacement_call` / :func:`replacement_kwargs` also give for any module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, overload
+
+import torch
+from torch import nn
+from typing_extensions import deprecated
+
+from compat import _deprecation
+from compat.nn.linear_quant import LinearQuant
+
+__all__ = ["LinearA8W8Quant", "replacement_call", "replacement_kwargs"]
+
+_NAME: Final = "LinearA8W8Quant"
+
+# The positional order of variants A1-A4 after (in_features, out_features).
+_POSITIONAL: Final = ("bias", "offset", "device", "dtype", "output_dtype")
+_ORDINALS: Final = ("3rd", "4th", "5th", "6th", "7th")
+
+# Strings older op versions took for output_dtype (compared case-insensitively).
+_OUTPUT_ALIASES: Final[dict[str, torch.dtype]] = {
+    "int8": torch.int8,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+_OUTPUT_DTYPES: Final = (torch.int8, torch.float16, torch.bfloat16)
+_ALLOWED_OUTPUT: Final = (
+    "torch.int8 (also None, 'int8'), torch.float16 ('float16', 'fp16', 'half'), "
+    "torch.bfloat16 ('bfloat16', 'bf16')"
+)
+
+# Forward-time validation of variant A8 (spec §3.3).
+_SCALE_DTYPES: Final = frozenset({torch.int64, torch.float32, torch.bfloat16})
+_BIAS_DTYPES: Final = frozenset({torch.int32, torch.bfloat16, torch.float16, torch.float32})
+_OUTPUT_SET: Final = frozenset(_OUTPUT_DTYPES)
+_FORWARD_OUTPUT: Final = frozenset({None, *_OUTPUT_DTYPES})  # A8 allows None (= int8)
+_F32: Final = torch.float32
+
+_UNSET: Any = object()
+
+
+def _dtype_list(dtypes: frozenset[torch.dtype] | tuple[torch.dtype, ...]) -> str:
+    order = (torch.int8, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32)
+    return ", ".join(str(d) for d in order if d in dtypes)
+
+
+def legacy_output_dtype(cls_name: str, value: object) -> torch.dtype:
+    """Map a legacy ``output_dtype`` (dtype, None or string) to the dtype it meant.
+
+    ``None`` meant int8 in every version of the op; int32 was never available through
+    LinearA8W8Quant in a release (ValueError pointing to LinearQuant).
+    """
+    if value is None:
+        return torch.int8
+    if isinstance(value, str):
+        dtype = _OUTPUT_ALIASES.get(value.lower())
+        if dtype is None:
+            if value.lower() == "int32":
+                raise _int32_error(cls_name, value)
+            raise ValueError(
+                f"{cls_name}: argument 'output_dtype' is the string {value!r}; allowed: "
+                f"{_ALLOWED_OUTPUT}"
+            )
+        return dtype
+    if not isinstance(value, torch.dtype):
+        raise TypeError(
+            f"{cls_name}: argument 'output_dtype' must be a torch.dtype, a string or None, got "
+            f"{type(value).__name__} {value!r}; allowed: {_ALLOWED_OUTPUT}"
+        )
+    if value == torch.int32:
+        raise _int32_error(cls_name, value)
+    if value not in _OUTPUT_DTYPES:
+        raise ValueError(
+            f"{cls_name}: argument 'output_dtype' is {value}; allowed: {_ALLOWED_OUTPUT}"
+        )
+    return value
+
+
+def _int32_error(cls_name: str, value: object) -> ValueError:
+    return ValueError(
+        f"{cls_name}: argument 'output_dtype' is {value!r}, but LinearA8W8Quant never "
+        f"supported int32 output (every released version rejected it); use "
+        f"LinearQuant(..., output_dtype=torch.int32) for int32 output "
+        f"({_deprecation.REPLACEMENT_IMPORT})"
+    )
+
+
+def _require_bool(cls_name: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{cls_name}: argument {name!r} must be True or False, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def replacement_kwargs(module: nn.Module) -> dict[str, Any]:
+    """Keyword arguments of the ``compat.LinearQuant`` equivalent to ``module``.
+
+    ``module`` is a ``compat.LinearA8W8Quant`` or torch_npu's own ``LinearA8W8Quant`` of
+    any variant (also one unpickled from an old checkpoint, whose ``__init__`` never ran).
+    Everything is read from the module as it is now: ``in_features``, ``out_features``,
+    which of ``bias``/``offset``/``pertoken_scale`` exist, the device of ``weight`` and
+    ``output_dtype`` (``None`` and legacy strings mapped to the dtype they meant, so the
+    result always names it). ``LinearQuant(**replacement_kwargs(m))`` then takes
+    ``m.state_dict()`` and computes bit-identical outputs.
+
+    Raises TypeError for a module without these attributes and ValueError for an
+    ``output_dtype`` that LinearA8W8Quant never supported (int32).
+    """
+    name = type(module).__name__
+    try:
+        in_features = module.in_features
+        out_features = module.out_features
+        weight = module.weight
+        bias = module.bias
+        offset = module.offset
+        output_dtype = module.output_dtype
+    except AttributeError as err:
+        raise TypeError(
+            f"replacement_kwargs: {name} is not a LinearA8W8Quant-like module ({err})"
+        ) from None
+    pertoken_scale = getattr(module, "pertoken_scale", None)  # absent before variant A5
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"replacement_kwargs: {name}.weight is {weight!r}, not a tensor")
+    return {
+        "in_features": in_features,
+        "out_features": out_features,
+        "bias": bias is not None,
+        "offset": offset is not None,
+        "pertoken_scale": pertoken_scale is not None,
+        "device": weight.device,
+        "output_dtype": legacy_output_dtype(name, output_dtype),
+    }
+
+
+def format_call(kwargs: dict[str, Any]) -> str:
+    """``LinearQuant(...)`` source text for :func:`replacement_kwargs`' result.
+
+    ``pertoken_scale`` is written only when True and ``device`` only when not the CPU.
+    """
+    parts = [repr(kwargs["in_features"]), repr(kwargs["out_features"])]
+    parts.append(f"bias={kwargs['bias']!r}")
+    parts.append(f"offset={kwargs['offset']!r}")
+    if kwargs["pertoken_scale"]:
+        parts.append("pertoken_scale=True")
+    device = torch.device(kwargs["device"])
+    if device.type != "cpu":
+        parts.append(f"device={str(device)!r}")
+    parts.append(f"output_dtype={kwargs['output_dtype']!r}")
+    return f"LinearQuant({', '.join(parts)})"
+
+
+def replacement_call(module: nn.Module) -> str:
+    """The ``LinearQuant(...)`` call equivalent to ``module``, as the warning writes it.
+
+    E.g. ``LinearQuant(512, 128, bias=True, offset=True, output_dtype=torch.int8)``.
+    """
+    return format_call(replacement_kwargs(module))
+
+
+@deprecated(
+    "LinearA8W8Quant is deprecated; use LinearQuant (from compat import LinearQuant)",
+    category=None,  # static checkers only: the runtime warning is ours (see __init__)
+)
+class LinearA8W8Quant(LinearQuant):
+    """Deprecated: torch_npu's ``LinearA8W8Quant`` on top of :class:`compat.LinearQuant`.
+
+    Accepts the positional form of variants A1-A4 and the keyword-only form of A5+ (see
+    the module docstring), maps them to ``LinearQuant`` and warns
+    :class:`compat.LinearA8W8QuantDeprecationWarning` at the caller's line. Forward is
+    LinearQuant's after variant A8's dtype checks (ValueError naming the tensor, its
+    dtype and the dtypes allowed).
+    """
+
+    @overload
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        offset: bool = False,
+        device: torch.device | str | int | None = None,
+        dtype: torch.dtype | None = None,
+        output_dtype: torch.dtype | str | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        offset: bool = False,
+        pertoken_scale: bool = False,
+        device: torch.device | str | int | None = None,
+        dtype: torch.dtype | None = None,
+        output_dtype: torch.dtype | str | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *args: Any,
+        bias: Any = _UNSET,
+        offset: Any = _UNSET,
+        pertoken_scale: Any = _UNSET,
+        device: Any = _UNSET,
+        dtype: Any = _UNSET,
+        output_dtype: Any = _UNSET,
+    ) -> None:
+        cls_name = type(self).__name__
+        given: dict[str, Any] = {
+            "bias": bias,
+            "offset": offset,
+            "device": device,
+            "dtype": dtype,
+            "output_dtype": output_dtype,
+        }
+        if len(args) > len(_POSITIONAL):
+            raise TypeError(
+                f"{cls_name}() takes from 3 to {3 + len(_POSITIONAL)} positional arguments "
+                f"but {3 + len(args)} were given"
+            )
+        positional: list[tuple[str, Any, str]] = []
+        for name, value, ordinal in zip(_POSITIONAL, args, _ORDINALS, strict=False):
+            if given[name] is not _UNSET:
+                raise TypeError(f"{cls_name}() got multiple values for argument {name!r}")
+            given[name] = value
+            positional.append((name, value, ordinal))
+        defaults = {"bias": True, "offset": False, "device": None, "dtype": None}
+        for name, default in defaults.items():
+            if given[name] is _UNSET:
+                given[name] = default
+        has_bias = _require_bool(cls_name, "bias", given["bias"])
+        has_offset = _require_bool(cls_name, "offset", given["offset"])
+        has_pertoken = _require_bool(
+            cls_name, "pertoken_scale", False if pertoken_scale is _UNSET else pertoken_scale
+        )
+        if given["dtype"] is not None and not isinstance(given["dtype"], torch.dtype):
+            raise TypeError(
+                f"{cls_name}: argument 'dtype' must be a torch.dtype or None, got "
+                f"{type(given['dtype']).__name__} {given['dtype']!r} (it is ignored, as in "
+                f"every torch_npu version)"
+            )
+        out = legacy_output_dtype(
+            cls_name, None if given["output_dtype"] is _UNSET else given["output_dtype"]
+        )
+        super().__init__(
+            in_features,
+            out_features,
+            bias=has_bias,
+            offset=has_offset,
+            pertoken_scale=has_pertoken,
+            device=given["device"],
+            output_dtype=out,
+        )
+        self.output_dtype = out  # pinned: a change of LinearQuant's default cannot leak in
+        call = replacement_call(self)
+        _deprecation.report(
+            "construct",
+            _NAME,
+            _construction_message(cls_name, call, positional),
+            call,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = self._parameters
+        scale = params.get("scale")
+        offset = params.get("offset")
+        bias = params.get("bias")
+        pertoken = params.get("pertoken_scale")
+        if (
+            scale is not None
+            and scale.dtype in _SCALE_DTYPES
+            and (offset is None or offset.dtype == _F32)
+            and (bias is None or bias.dtype in _BIAS_DTYPES)
+            and (pertoken is None or pertoken.dtype == _F32)
+            and self.output_dtype in _FORWARD_OUTPUT
+        ):
+            return LinearQuant.forward(self, x)
+        self._raise_invalid(x)
+        return LinearQuant.forward(self, x)  # only reached for a scale held outside _parameters
+
+    def _raise_invalid(self, x: torch.Tensor) -> None:
+        """Variant A8's checks, in its order, with messages naming what is wrong."""
+        name = type(self).__name__
+        weight = self.weight
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
+        if (x.dtype, weight.dtype) not in ((torch.int8, torch.int8), (torch.int32, torch.int32)):
+            raise ValueError(
+                f"{name}: input has dtype {x.dtype} and weight has dtype {weight.dtype}; "
+                f"allowed: both torch.int8 (A8W8) or both torch.int32 (A4W4)"
+            )
+        checks: tuple[tuple[str, object, frozenset[torch.dtype]], ...] = (
+            ("scale", self.scale, _SCALE_DTYPES),
+            ("offset", self.offset, frozenset({_F32})),
+            ("bias", self.bias, _BIAS_DTYPES),
+            ("pertoken_scale", self.pertoken_scale, frozenset({_F32})),
+        )
+        for tensor_name, tensor, allowed in checks:
+            if tensor is None and tensor_name != "scale":
+                continue
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{name}: {tensor_name!r} must be a tensor, got {tensor!r}")
+            if tensor.dtype not in allowed:
+                raise ValueError(
+                    f"{name}: {tensor_name!r} has dtype {tensor.dtype}; allowed: "
+                    f"{_dtype_list(allowed)}"
+                )
+        if self.output_dtype not in _FORWARD_OUTPUT:
+            raise ValueError(
+                f"{name}: output_dtype is {self.output_dtype!r}; allowed: "
+                f"{_dtype_list(_OUTPUT_SET)}, None"
+                + (
+                    " (use LinearQuant for int32 output)"
+                    if self.output_dtype == torch.int32
+                    else ""
+                )
+            )
+
+
+def _construction_message(cls_name: str, call: str, positional: list[tuple[str, Any, str]]) -> str:
+    if cls_name == _NAME:
+        head = f"{_NAME} is deprecated"
+    else:
+        head = f"{cls_name} subclasses {_NAME}, which is deprecated (make LinearQuant its base)"
+    text = (
+        f"{head}; use LinearQuant instead ({_deprecation.REPLACEMENT_IMPORT}). "
+        f"Equivalent call: {call}."
+    )
+    if positional:
+        listed = ", ".join(f"{n}={v!r} ({o})" for n, v, o in positional)
+        text += f" Legacy positional arguments: {listed}; LinearQuant takes them by keyword only."
+    return f"{text} {_deprecation.removal_notice()}"
