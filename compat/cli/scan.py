@@ -69,7 +69,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     action.add_argument(
         "--diff",
         action="store_true",
-        help="print the fixes as a unified diff on stdout (findings go to stderr); write nothing",
+        help="print the fixes as a unified diff on stdout, and what they cannot fix on "
+        "stderr; write nothing",
     )
     parser.add_argument(
         "--exclude",

@@ -300,3 +300,28 @@ def test_module_entry_point_and_no_torch_import(tree: Path) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_pre_commit_hook_entries_run(tree: Path) -> None:
+    text = (ROOT / ".pre-commit-hooks.yaml").read_text()
+    hooks = dict(
+        zip(
+            [line.split(":", 1)[1].strip() for line in text.splitlines() if "- id:" in line],
+            [line.split(":", 1)[1].strip() for line in text.splitlines() if "entry:" in line],
+            strict=True,
+        )
+    )
+    assert set(hooks) == {"compat-scan", "compat-scan-fix"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(hook: str) -> int:
+        # pre-commit runs the entry with the staged file names appended
+        command = hooks[hook].replace("python", sys.executable, 1).split()
+        return subprocess.run(
+            [*command, "pkg/legacy.py", "pkg/clean.py"], cwd=tree, env=env
+        ).returncode
+
+    assert run("compat-scan") == 1
+    assert run("compat-scan-fix") == 0
+    assert (tree / "pkg" / "legacy.py").read_text() == FIXED
+    assert run("compat-scan") == 0
