@@ -1,0 +1,282 @@
+"""Every int8 matmul kernel and the optimised epilogue, against int64/float64 numpy.
+
+The expected integer products are re-derived here with numpy int64 matmuls; the full
+op results come from the independent oracle in ``tests/oracle.py``. Nothing below
+calls the code under test to build an expected value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import oracle
+import pytest
+import torch
+from conftest import as_numpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import compat
+from compat.ops import intmm
+
+I8, I32, I64 = torch.int8, torch.int32, torch.int64
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+OUT_NAMES = {I8: "int8", F16: "float16", BF16: "bfloat16", I32: "int32"}
+CPU_KERNELS = ("float", "int_mm")
+
+
+@pytest.fixture(params=CPU_KERNELS)
+def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per CPU kernel, restoring the default afterwards."""
+    previous = intmm.set_cpu_kernel(request.param)
+    try:
+        yield request.param
+    finally:
+        intmm.set_cpu_kernel(previous)
+
+
+def _ints(shape: tuple[int, ...], seed: int, low: int = -128, high: int = 128) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high, shape, dtype=I8, generator=g)
+
+
+def _np_product(x1: torch.Tensor, x2: torch.Tensor) -> np.ndarray:
+    """The exact integer product, batch dims broadcast, in numpy int64."""
+    return np.matmul(x1.numpy().astype(np.int64), x2.numpy().astype(np.int64))
+
+
+def _check_product(x1: torch.Tensor, x2: torch.Tensor) -> None:
+    got = intmm.int_matmul(x1, x2)
+    want = _np_product(x1, x2)
+    assert got.dtype == I32
+    assert tuple(got.shape) == want.shape
+    assert np.array_equal(got.numpy().astype(np.int64), want)
+
+
+# ------------------------------------------------------------------ the integer product
+def test_float32_chunk_is_exact_by_construction() -> None:
+    # every partial sum of one chunk is an integer of magnitude <= 2**24
+    assert 128 * 128 * intmm.FLOAT32_EXACT_CHUNK <= 2**24
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [(1, 1, 1), (3, 7, 5), (1, 4096, 300), (16, 1025, 129), (5, 3000, 1100), (2, 2048, 65)],
+)
+@pytest.mark.parametrize("layout", ["transposed", "contiguous", "strided"])
+def test_product_matches_int64(kernel: str, m: int, k: int, n: int, layout: str) -> None:
+    x1 = _ints((m, k), seed=m * 7 + k)
+    if layout == "transposed":  # how LinearQuant passes its weight: weight.t()
+        x2 = _ints((n, k), seed=n).t()
+    elif layout == "contiguous":
+        x2 = _ints((k, n), seed=n)
+    else:  # a column slice of a wider matrix: neither row- nor column-contiguous
+        x2 = _ints((k, n + 3), seed=n)[:, 2 : n + 2]
+    _check_product(x1, x2)
+
+
+@pytest.mark.parametrize("value", [-128, 127])
+def test_extreme_values_everywhere(kernel: str, value: int) -> None:
+    # |acc| = 128 * 128 * k: far above 2**24, where a single float32 GEMM loses bits
+    k = 5000
+    x1 = torch.full((3, k), value, dtype=I8)
+    x2 = torch.full((k, 4), -128, dtype=I8)
+    x2[:, 1] = 127
+    x2[::2, 2] = -128  # alternating signs: large partial sums that cancel
+    x2[1::2, 2] = 127
+    _check_product(x1, x2)
+
+
+def test_largest_legal_k(kernel: str) -> None:
+    k = 65535
+    x1 = torch.full((2, k), -128, dtype=I8)
+    x1[1, ::3] = 127
+    x2 = torch.full((3, k), -128, dtype=I8).t()
+    x2[1::2, 1] = 127
+    _check_product(x1, x2)
+    assert intmm.int_matmul(x1, x2)[0, 0].item() == 128 * 128 * k  # 1073725440 < 2**30
+
+
+def test_block_boundaries(kernel: str) -> None:
+    # n not a multiple of the block width, and a block of a single column
+    k = 700
+    cols = intmm.block_cols(k, 10**6)
+    for n in (cols - 1, cols, cols + 1, 2 * cols + 1):
+        _check_product(_ints((2, k), seed=n), _ints((n, k), seed=n + 1).t())
+
+
+@pytest.mark.parametrize(
+    ("shape1", "shape2"),
+    [
+        ((2, 3, 5, 1100), (1100, 7)),  # 2-D x2: batch folded into m
+        ((2, 3, 5, 1100), (3, 1100, 7)),  # batched x2, broadcast over x1's leading dim
+        ((5, 64), (4, 64, 9)),  # 2-D x1 against a batched x2
+        ((4, 1, 5, 64), (1, 3, 64, 9)),  # both broadcast
+    ],
+)
+def test_batched_and_broadcast(
+    kernel: str, shape1: tuple[int, ...], shape2: tuple[int, ...]
+) -> None:
+    _check_product(_ints(shape1, seed=1), _ints(shape2, seed=2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    k=st.integers(1, 2600),
+    n=st.integers(1, 40),
+    transposed=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+    kernel_name=st.sampled_from(CPU_KERNELS),
+)
+def test_product_property(
+    m: int, k: int, n: int, transposed: bool, seed: int, kernel_name: str
+) -> None:
+    x1 = _ints((m, k), seed)
+    x2 = _ints((n, k), seed + 1).t() if transposed else _ints((k, n), seed + 1)
+    previous = intmm.set_cpu_kernel(kernel_name)
+    try:
+        _check_product(x1, x2)
+    finally:
+        intmm.set_cpu_kernel(previous)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_chunked_float32_path_used_for_other_devices(batched: bool) -> None:
+    # the buffer-free kernel (any non-CPU device, and CPU code under torch.compile)
+    x1 = _ints((2, 3, 2100) if batched else (3, 2100), seed=3)
+    x2 = _ints((2, 2100, 5) if batched else (2100, 5), seed=4)
+    got = intmm._chunked_float32(x1, x2)
+    assert np.array_equal(got.numpy().astype(np.int64), _np_product(x1, x2))
+
+
+def test_meta_device_shapes(kernel: str) -> None:
+    x1 = torch.empty((2, 3, 4, 3000), dtype=I8, device="meta")
+    x2 = torch.empty((6, 3000), dtype=I8, device="meta").t()
+    out = intmm.int_matmul(x1, x2)
+    assert out.device.type == "meta" and out.dtype == I32 and tuple(out.shape) == (2, 3, 4, 6)
+
+
+def test_kernel_selection_api() -> None:
+    previous = intmm.set_cpu_kernel("int_mm")
+    try:
+        assert intmm.cpu_kernel() == "int_mm"
+        assert intmm.set_cpu_kernel("float") == "int_mm"
+        assert intmm.cpu_kernel() == "float"
+        assert intmm.set_cpu_kernel("auto") == "float"
+        assert intmm.cpu_kernel() in ("float", "int_mm")
+        with pytest.raises(ValueError, match="allowed: auto, float, int_mm"):
+            intmm.set_cpu_kernel("fbgemm")
+    finally:
+        intmm.set_cpu_kernel(previous)
+
+
+def test_block_cols_range() -> None:
+    assert intmm.block_cols(4096, 4096) == 512
+    assert intmm.block_cols(4096, 100) == 100  # never wider than x2
+    assert intmm.block_cols(65535, 10**6) == 64  # minimum width
+    assert intmm.block_cols(1, 10**6) == 1024  # maximum width
+
+
+# ------------------------------------------------------------------ the whole op
+def _wide_bias(n: int, seed: int) -> torch.Tensor:
+    """int32 bias covering both overflow directions and the +-2**30 boundaries."""
+    edges = [-(2**31), -(2**31) + 1, -(2**30) - 1, -(2**30), 2**30 - 1, 2**30, 2**31 - 1, 0]
+    g = torch.Generator().manual_seed(seed)
+    rnd = torch.randint(-(2**31), 2**31, (n,), dtype=I64, generator=g)
+    rnd[: len(edges)] = torch.tensor(edges[:n], dtype=I64)
+    return rnd.to(I32)
+
+
+def _oracle(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    out: torch.dtype,
+    bias: torch.Tensor | None,
+    offset: torch.Tensor | None = None,
+) -> np.ndarray:
+    return oracle.quant_matmul(
+        x1.numpy(),
+        x2.numpy(),
+        scale.numpy(),
+        offset=None if offset is None else offset.numpy(),
+        bias=None if bias is None else bias.numpy(),
+        bias_kind=None if bias is None else "int32",
+        out=OUT_NAMES[out],
+        scale_kind="int64" if scale.dtype == I64 else "float32",
+    )
+
+
+@pytest.mark.parametrize("out", [I8, F16, BF16, I32])
+def test_bias_wraps_in_int32(kernel: str, out: torch.dtype) -> None:
+    # acc near +-128*128*k plus biases near +-2**31: the sum overflows int32 and wraps
+    k, n = 3000, 12
+    x1 = torch.full((4, k), 127, dtype=I8)
+    x1[1] = -128
+    x1[2, ::2] = -128
+    x1[3] = _ints((k,), seed=9)
+    x2 = torch.full((k, n), 127, dtype=I8)
+    x2[:, n // 2 :] = -128
+    bias = _wide_bias(n, seed=1)
+    scale = torch.full((n,), 2.0**-20) if out != I8 else torch.full((n,), 2.0**-24)
+    got = compat.quant_matmul(x1, x2, scale, bias=bias, output_dtype=out)
+    np.testing.assert_array_equal(as_numpy(got), _oracle(x1, x2, scale, out, bias))
+    if out == I32:  # the wrap really happened in this example
+        wide = _np_product(x1, x2) + bias.numpy().astype(np.int64)
+        assert ((wide > 2**31 - 1) | (wide < -(2**31))).any()
+
+
+@pytest.mark.parametrize("out", [I8, F16, BF16, I32])
+@pytest.mark.parametrize("batched", [False, True])
+def test_linear_shapes_match_oracle(kernel: str, out: torch.dtype, batched: bool) -> None:
+    # the LinearQuant call shape: x (..., m, k) @ weight.t(), per-channel scale
+    k, n = 2500, 33
+    x1 = _ints((2, 5, k) if batched else (7, k), seed=11)
+    w = _ints((n, k), seed=12)
+    g = torch.Generator().manual_seed(13)
+    scale = torch.rand(n, generator=g) * 2e-5
+    offset = (torch.rand(n, generator=g) - 0.5) * 40 if out == I8 else None
+    bias = torch.randint(-(2**20), 2**20, (n,), dtype=I32, generator=g)
+    got = compat.quant_matmul(x1, w.t(), scale, offset=offset, bias=bias, output_dtype=out)
+    want = _oracle(x1, w.t(), scale, out, bias, offset)
+    np.testing.assert_array_equal(as_numpy(got), want)
+
+
+def test_int64_scale_and_3d_bias(kernel: str) -> None:
+    k, n = 1500, 8
+    x1 = _ints((3, 4, k), seed=21)
+    x2 = _ints((3, k, n), seed=22)
+    g = torch.Generator().manual_seed(23)
+    q = compat.trans_quant_param(torch.rand(n, generator=g) * 1e-4)
+    bias = torch.randint(-(2**31), 2**31, (3, 1, n), dtype=I64, generator=g).to(I32)
+    got = compat.quant_matmul(x1, x2, q, bias=bias, output_dtype=F16)
+    want = oracle.quant_matmul(
+        x1.numpy(), x2.numpy(), q.numpy(), bias=bias.numpy(), bias_kind="int32",
+        out="float16", scale_kind="int64",
+    )  # fmt: skip
+    np.testing.assert_array_equal(as_numpy(got), want)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(1, 6),
+    k=st.integers(1, 2200),
+    n=st.integers(1, 24),
+    out=st.sampled_from([I8, F16, BF16, I32]),
+    extreme=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_op_property(m: int, k: int, n: int, out: torch.dtype, extreme: bool, seed: int) -> None:
+    if extreme:
+        x1 = torch.where(_ints((m, k), seed) >= 0, 127, -128).to(I8)
+        w = torch.where(_ints((n, k), seed + 1) >= 0, 127, -128).to(I8)
+    else:
+        x1, w = _ints((m, k), seed), _ints((n, k), seed + 1)
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(n, generator=g) * 1e-3
+    offset = torch.randn(n, generator=g) * 100 if out == I8 else None
+    bias = _wide_bias(n, seed)
+    got = compat.quant_matmul(x1, w.t(), scale, offset=offset, bias=bias, output_dtype=out)
+    np.testing.assert_array_equal(as_numpy(got), _oracle(x1, w.t(), scale, out, bias, offset))
