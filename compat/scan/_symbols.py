@@ -116,7 +116,8 @@ class SymbolTable:
 
     module: Scope
     scopes: list[Scope] = field(default_factory=list)
-    by_node: dict[int, Binding] = field(default_factory=dict)
+    by_node: dict[int, Binding] = field(default_factory=dict)  # id(target node) -> binding
+    by_value: dict[int, Binding] = field(default_factory=dict)  # id(assigned value) -> binding
     refs: list[Ref] = field(default_factory=list)
     getattr_calls: list[tuple[ast.Call, Scope]] = field(default_factory=list)
     imports: list[tuple[ast.ImportFrom, Binding]] = field(default_factory=list)
@@ -275,14 +276,16 @@ def relevant_names(tree: ast.Module) -> frozenset[str]:
     while changed:
         changed = False
         for bound, value in assigns:
-            root = _root(value)
+            roots = [_root(value)]
+            if isinstance(value, ast.Call):  # functools.partial(LinearA8W8Quant, ...)
+                roots.extend(_root(arg) for arg in value.args)
             module_call = (
                 isinstance(value, ast.Call)
                 and len(value.args) > 0
                 and isinstance(value.args[0], ast.Constant)
                 and family(str(value.args[0].value)) is not None
             )
-            if (isinstance(root, ast.Name) and root.id in names) or module_call:
+            if any(isinstance(r, ast.Name) and r.id in names for r in roots) or module_call:
                 if not names.issuperset(bound):
                     names.update(bound)
                     changed = True
@@ -341,6 +344,8 @@ class _Collector:
         binding.scope = scope
         scope.bindings.setdefault(name, []).append(binding)
         self.table.by_node[id(binding.node)] = binding
+        if binding.value is not None:
+            self.table.by_value[id(binding.value)] = binding
 
     def scope(self, kind: ScopeKind, node: ast.AST, parent: Scope) -> Scope:
         new = Scope(kind, node, parent)

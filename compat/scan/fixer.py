@@ -439,11 +439,48 @@ class _Planner:
             raise FixError("in_features or out_features is missing")
         if len(args) > 2 and "pertoken_scale" in given:
             raise FixError("positional bias/offset (old form) mixed with pertoken_scale")
+        if site.partial:
+            self._check_partial_uses(call)
         dtype_text = self._output_dtype(given.get("output_dtype"))
         torch_name = ""
         if dtype_text is not None:
             torch_name = self._torch_name(site)
         return self._argument_edits(site, call, args, given, dtype_text, torch_name)
+
+    def _check_partial_uses(self, call: ast.Call) -> None:
+        """A partial is fixed only if every later call of it needs no rewriting itself.
+
+        Those calls may pass legacy-only forms (positional bias, ``output_dtype=None`` or a
+        string) that LinearQuant would not accept, so the partial must be bound once to a
+        plain name, not exported, and only called with keywords that need no mapping.
+        """
+        binding = self.table.by_value.get(id(call))
+        if binding is None or binding.kind != "assign" or not isinstance(binding.node, ast.Name):
+            raise FixError("the functools.partial object is passed on; its calls are not visible")
+        name, scope = binding.name, binding.scope
+        if len(scope.bindings[name]) != 1:
+            raise FixError(f"{name} is assigned more than once")
+        if scope.parent is None and name in self.table.all_names:
+            raise FixError(f"{name} is re-exported through __all__")
+        for ref in self.table.refs:
+            if not isinstance(ref.node, ast.Name) or ref.node.id != name:
+                continue
+            if self.table.defining_scope(ref.scope, name) is not scope:
+                continue
+            line = _line(ref.node)
+            later = ref.parent
+            if ref.role != "func" or not isinstance(later, ast.Call):
+                raise FixError(f"{name} is used at line {line} other than by calling it")
+            if later.args or any(k.arg is None for k in later.keywords):
+                raise FixError(f"{name}(...) at line {line} passes positional arguments")
+            for keyword in later.keywords:
+                if keyword.arg not in KEYWORDS:
+                    raise FixError(f"{name}(...) at line {line} passes {keyword.arg}=")
+                if keyword.arg == "output_dtype" and (
+                    isinstance(keyword.value, ast.Constant)
+                    or self.table.resolve(keyword.value, ref.scope) & INT32
+                ):
+                    raise FixError(f"{name}(...) at line {line} passes a legacy output_dtype")
 
     def _output_dtype(self, value: ast.expr | None) -> str | None:
         """The torch dtype attribute to write for output_dtype (None: keep as written)."""
