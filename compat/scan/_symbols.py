@@ -95,7 +95,16 @@ class Binding:
 
 
 RefRole = Literal[
-    "func", "arg", "tuple_arg", "base", "value", "annotation", "none_check", "attr_base", "other"
+    "func",
+    "arg",
+    "tuple_arg",
+    "base",
+    "value",
+    "annotation",
+    "none_check",
+    "del",
+    "attr_base",
+    "other",
 ]
 
 
@@ -574,6 +583,8 @@ class _Collector:
         if isinstance(node, ast.Name):
             if isinstance(node.ctx, ast.Load):
                 self.table.refs.append(Ref(node, scope, role, parent, index))
+            elif isinstance(node.ctx, ast.Del):
+                self.table.refs.append(Ref(node, scope, "del", parent, index))
         elif isinstance(node, ast.Attribute):
             if node.attr == TARGET and isinstance(node.ctx, ast.Load):
                 self.table.refs.append(Ref(node, scope, role, parent, index))

@@ -121,7 +121,7 @@ def _classify(table: SymbolTable, ref: Ref, symbol: str) -> Site:
     if ref.role == "value":
         return _alias(table, ref, symbol, spelled)
     message = f"{spelled} refers to deprecated {symbol}"
-    reason = None if ref.role in ("annotation", "none_check") else VALUE_REASON
+    reason = None if ref.role in ("annotation", "none_check", "del") else VALUE_REASON
     return Site("reference", ref.node, symbol, message, ref.scope, ref, reason=reason)
 
 

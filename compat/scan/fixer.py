@@ -224,6 +224,8 @@ class _Planner:
         name = group.name
         if group.scope.parent is None and name in self.table.all_names:
             return f"{name} is re-exported through __all__"
+        if group.scope.kind == "class":
+            return f"{name} is a class attribute; its uses through self/cls are not visible"
         if not group.bindings and not set(self.table.module.stars) & EXPORTERS:
             return f"{name} is not bound by an import that can be rewritten"
         aliases = [b for b in group.bindings if self._alias_value_site(b) is not None]

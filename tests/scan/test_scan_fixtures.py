@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from compat.scan import Finding, fix_source, scan_text
+from compat.scan._text import SourceText
+from compat.scan.finder import find
+from compat.scan.fixer import Outcome, plan
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.in"))
@@ -70,3 +73,22 @@ def test_fix_is_idempotent(name: str) -> None:
     assert twice == once
     assert count == 0
     assert _compact(remaining) == _expected(FIXTURES / f"{name}.remaining")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_block_skipping_changes_nothing(name: str) -> None:
+    """Skipping blocks that mention no relevant name is an optimisation only."""
+    for suffix in (".in", ".out"):
+        text = _read(FIXTURES / f"{name}{suffix}")
+        tree = ast.parse(text)
+        source = SourceText(text)
+        fast = plan(source, tree, find(tree, source))
+        slow = plan(source, tree, find(tree))
+        assert [_outcome(o) for o in fast.outcomes] == [_outcome(o) for o in slow.outcomes]
+        assert fast.edits == slow.edits
+
+
+def _outcome(outcome: Outcome) -> tuple[object, ...]:
+    site = outcome.site
+    lineno = getattr(site.node, "lineno", 0)
+    return site.kind, lineno, site.symbol, site.message, outcome.fixable, outcome.reason
