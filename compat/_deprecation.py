@@ -87,6 +87,35 @@ def remove_listener(listener: Listener) -> None:
             _listeners.remove(listener)
 
 
+def apply_warnoptions() -> None:
+    """Apply ``-W``/``PYTHONWARNINGS`` options that name this module's category.
+
+    Python processes ``-W`` before site-packages is on ``sys.path``, so it prints
+    "Invalid -W option ignored: invalid module name: 'compat'" and drops
+    ``-W error::compat.LinearA8W8QuantDeprecationWarning``. The start-up hook calls this
+    function afterwards: it re-applies the options from the first one naming the category
+    on, in their order, so that later options still take precedence as documented.
+    """
+    options = list(sys.warnoptions)
+    first = next(
+        (
+            i
+            for i, option in enumerate(options)
+            if LinearA8W8QuantDeprecationWarning.__name__ in option
+        ),
+        None,
+    )
+    setoption = getattr(warnings, "_setoption", None)
+    option_error = getattr(warnings, "_OptionError", Exception)
+    if first is None or setoption is None:
+        return
+    for option in options[first:]:
+        try:
+            setoption(option)
+        except option_error:
+            pass  # Python has already reported it
+
+
 # --- attribution -------------------------------------------------------------------------
 
 _COMPAT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

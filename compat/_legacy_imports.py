@@ -57,9 +57,12 @@ _upstream_class: type | None = None
 # startup_pth_line(): it runs this source at interpreter start, in a namespace of its own.
 # It imports nothing new (os and sys are loaded at start-up by then), never torch or
 # compat, and only inserts a stub finder that stays idle until torch_npu.contrib is
-# imported; then compat takes over (see take_over). The source is inlined in the .pth
-# file, not shipped as a module: pytest rewrites the modules of plugin distributions
-# and warns about any already imported, which a start-up module always would be.
+# imported; then compat takes over (see take_over). Only when a -W option names
+# compat.LinearA8W8QuantDeprecationWarning (which Python itself cannot resolve before
+# site-packages is on sys.path) does it import compat._deprecation to apply it.
+# The source is inlined in the .pth file, not shipped as a module: pytest rewrites the
+# modules of plugin distributions and warns about any already imported, which a
+# start-up module always would be.
 STARTUP_SOURCE = """\
 import os, sys
 if os.environ.get("LINEAR_QUANT_COMPAT_DISABLE", "").strip().lower() not in (
@@ -96,6 +99,10 @@ if os.environ.get("LINEAR_QUANT_COMPAT_DISABLE", "").strip().lower() not in (
             pass
 
     sys.meta_path.insert(0, LegacyImportStub())
+    if any("LinearA8W8QuantDeprecationWarning" in option for option in sys.warnoptions):
+        from compat._deprecation import apply_warnoptions
+
+        apply_warnoptions()
 """
 
 

@@ -60,6 +60,7 @@ _BIAS_DTYPES: Final = frozenset({torch.int32, torch.bfloat16, torch.float16, tor
 _OUTPUT_SET: Final = frozenset(_OUTPUT_DTYPES)
 _FORWARD_OUTPUT: Final = frozenset({None, *_OUTPUT_DTYPES})  # A8 allows None (= int8)
 _F32: Final = torch.float32
+_INPUT_PAIRS: Final = frozenset({(torch.int8, torch.int8), (torch.int32, torch.int32)})
 
 _UNSET: Any = object()
 
@@ -292,31 +293,29 @@ class LinearA8W8Quant(LinearQuant):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = self._parameters
-        scale = params.get("scale")
-        offset = params.get("offset")
-        bias = params.get("bias")
-        pertoken = params.get("pertoken_scale")
-        if (
-            scale is not None
-            and scale.dtype in _SCALE_DTYPES
-            and (offset is None or offset.dtype == _F32)
-            and (bias is None or bias.dtype in _BIAS_DTYPES)
-            and (pertoken is None or pertoken.dtype == _F32)
-            and self.output_dtype in _FORWARD_OUTPUT
-        ):
+        # Variant A8's checks cost no time on valid input: of the dtypes A8 rejects, only
+        # output_dtype=int32 gets past LinearQuant's forward (input/weight pair) and
+        # quant_matmul (its dtype table, checked on every backend before anything runs),
+        # so that is the one check made up front. When LinearQuant's forward raises,
+        # A8's checks run in A8's order and, if one fails, give A8's error instead.
+        if self.output_dtype not in _FORWARD_OUTPUT:
+            raise self._a8_error(x) or AssertionError("unreachable: output_dtype is invalid")
+        try:
             return LinearQuant.forward(self, x)
-        self._raise_invalid(x)
-        return LinearQuant.forward(self, x)  # only reached for a scale held outside _parameters
+        except (TypeError, ValueError, AttributeError) as err:
+            a8 = self._a8_error(x)
+            if a8 is None:
+                raise
+            raise a8 from err
 
-    def _raise_invalid(self, x: torch.Tensor) -> None:
-        """Variant A8's checks, in its order, with messages naming what is wrong."""
+    def _a8_error(self, x: object) -> Exception | None:
+        """The error of variant A8's forward checks (spec §3.3, in its order), if any."""
         name = type(self).__name__
         weight = self.weight
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
-        if (x.dtype, weight.dtype) not in ((torch.int8, torch.int8), (torch.int32, torch.int32)):
-            raise ValueError(
+            return TypeError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
+        if (x.dtype, weight.dtype) not in _INPUT_PAIRS:
+            return ValueError(
                 f"{name}: input has dtype {x.dtype} and weight has dtype {weight.dtype}; "
                 f"allowed: both torch.int8 (A8W8) or both torch.int32 (A4W4)"
             )
@@ -330,22 +329,19 @@ class LinearA8W8Quant(LinearQuant):
             if tensor is None and tensor_name != "scale":
                 continue
             if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"{name}: {tensor_name!r} must be a tensor, got {tensor!r}")
+                return TypeError(f"{name}: {tensor_name!r} must be a tensor, got {tensor!r}")
             if tensor.dtype not in allowed:
-                raise ValueError(
+                return ValueError(
                     f"{name}: {tensor_name!r} has dtype {tensor.dtype}; allowed: "
                     f"{_dtype_list(allowed)}"
                 )
         if self.output_dtype not in _FORWARD_OUTPUT:
-            raise ValueError(
+            hint = " (use LinearQuant for int32 output)" if self.output_dtype == torch.int32 else ""
+            return ValueError(
                 f"{name}: output_dtype is {self.output_dtype!r}; allowed: "
-                f"{_dtype_list(_OUTPUT_SET)}, None"
-                + (
-                    " (use LinearQuant for int32 output)"
-                    if self.output_dtype == torch.int32
-                    else ""
-                )
+                f"{_dtype_list(_OUTPUT_SET)}, None{hint}"
             )
+        return None
 
 
 def _construction_message(cls_name: str, call: str, positional: list[tuple[str, Any, str]]) -> str:
