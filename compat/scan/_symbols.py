@@ -181,9 +181,7 @@ class SymbolTable:
         for module_name in self.module.stars:
             if family(module_name) is not None and name in (TARGET, REPLACEMENT):
                 return frozenset({f"{module_name}.{name}"})
-        if self.module.stars:
-            return _UNKNOWN  # may come from a star import we cannot see into
-        if name in _BUILTIN_NAMES:
+        if name in _BUILTIN_NAMES:  # a star import could shadow it; too rare to give up
             return frozenset({f"builtins.{name}"})
         return _UNKNOWN
 
@@ -494,8 +492,8 @@ class _Collector:
         module = node.module if node.level == 0 else None
         for alias in node.names:
             if alias.name == "*":
-                if module is not None:
-                    scope.stars.append(module)
+                # relative star imports are kept as ".name": they never belong to a family
+                scope.stars.append(module if module is not None else f".{node.module or ''}")
                 continue
             local = alias.asname or alias.name
             qualname = f"{module}.{alias.name}" if module is not None else None

@@ -562,9 +562,10 @@ class _Planner:
             if any(b.kind == "import" and b.qualname == "torch" for b in bindings):
                 if self.table.resolve_name(site.scope, name) == frozenset({"torch"}):
                     return name
-        bound = any("torch" in scope.bindings for scope in self.table.scopes)
-        if bound or self.table.module.stars:
+        if any("torch" in scope.bindings for scope in self.table.scopes):
             raise FixError("the name torch is bound to something else here")
+        if self.table.module.stars:
+            raise FixError("`import *` may bind the name torch; import torch by hand")
         edit = self.torch_import()
         if isinstance(edit, str):
             raise FixError(edit)
