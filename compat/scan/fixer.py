@@ -366,30 +366,32 @@ class _Planner:
             return site.reason
         if site.kind in ("subclass", "dynamic"):  # pragma: no cover - finder gives a reason
             return "not fixable"
-        edits: list[Edit] = []
-        ref = site.ref
         if site.kind == "alias":
             assert site.binding is not None
             target = self.group(site.binding.scope, site.binding.name)
             reason = self.own_reason(target)
             if reason is not None:
                 return reason
+        try:
+            edits = self._site_edits(site)
+        except FixError as exc:
+            return str(exc)
+        self.site_edits[id(site)] = edits
+        return None
+
+    def _site_edits(self, site: Site) -> list[Edit]:
+        """The edits of one site: its name or attribute, and a call's arguments."""
+        edits: list[Edit] = []
+        ref = site.ref
         if ref is not None and isinstance(ref.node, ast.Attribute):
-            try:
-                edits.append(self._attribute_edit(ref.node, ref.scope))
-            except FixError as exc:
-                return str(exc)
+            edits.append(self._attribute_edit(ref.node, ref.scope))
         elif ref is not None and isinstance(ref.node, ast.Name):
             group = self.group(self._owner(site), ref.node.id)
             if group.new_name != ref.node.id:
                 edits.append(self._replace(ref.node, group.new_name))
         if site.kind == "call":
-            try:
-                edits.extend(self._call_edits(site))
-            except FixError as exc:
-                return str(exc)
-        self.site_edits[id(site)] = edits
-        return None
+            edits.extend(self._call_edits(site))
+        return edits
 
     def _replace(self, node: ast.AST, text: str) -> Edit:
         start, end = self.src.start(node), self.src.end(node)
