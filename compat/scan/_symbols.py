@@ -467,6 +467,8 @@ class _Collector:
             self.stmts(node.body, scope, in_except=in_except)
             self.stmts(node.orelse, scope, in_except=in_except)
         else:  # Expr, Return, Raise, Assert, Delete, Pass, TypeAlias, ...
+            if isinstance(node, ast.Expr) and scope.parent is None:
+                self.record_all_call(node.value)
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.expr):
                     if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
@@ -567,6 +569,20 @@ class _Collector:
         for child in ast.walk(node.value):
             if isinstance(child, ast.Constant) and isinstance(child.value, str):
                 self.table.all_names.add(child.value)
+
+    def record_all_call(self, value: ast.expr) -> None:
+        """Remember names added by ``__all__.append/extend/insert(...)`` at module level."""
+        if (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and value.func.attr in ("append", "extend", "insert")
+            and isinstance(value.func.value, ast.Name)
+            and value.func.value.id == "__all__"
+        ):
+            for arg in value.args:
+                for child in ast.walk(arg):
+                    if isinstance(child, ast.Constant) and isinstance(child.value, str):
+                        self.table.all_names.add(child.value)
 
     # -- expressions --------------------------------------------------------------------
 
