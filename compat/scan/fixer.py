@@ -151,12 +151,10 @@ class _Planner:
 
     def final(self, site: Site) -> str | None:
         """Why *site* will not be fixed (None: it will be)."""
-        if site.kind == "import":
-            group = self.group_of(site)
-            return None if group is None or self.convertible(group) else group.own
-        reason = self.local_reason(site)
-        if reason is not None:
-            return reason
+        if site.kind != "import":
+            reason = self.local_reason(site)
+            if reason is not None:
+                return reason
         group = self.group_of(site)
         if group is not None and not self.convertible(group):
             return group.own or f"{group.name} cannot be renamed here"
