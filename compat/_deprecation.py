@@ -55,6 +55,8 @@ class LinearA8W8QuantDeprecationWarning(FutureWarning):
     ``filterwarnings = error::compat.LinearA8W8QuantDeprecationWarning``.
     """
 
+    __module__ = "compat"  # shown (and pickled) under its public name
+
 
 @dataclass(frozen=True)
 class Event:
