@@ -14,6 +14,7 @@ HELP = "run a small quantized model on the active backend and check it against a
 # (title, module with ``run_section(args) -> bool``), in the order they run.
 SECTIONS: list[tuple[str, str]] = [
     ("LinearQuant model", "compat.cli._demo_core"),
+    ("Legacy LinearA8W8Quant code", "compat.cli._demo_legacy"),
 ]
 
 
