@@ -14,6 +14,10 @@ from compat._version import __version__
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from compat._deprecation import LinearA8W8QuantDeprecationWarning
     from compat._legacy_imports import install_legacy_imports
+    from compat.checkpoint.convert import convert_model
+    from compat.checkpoint.errors import CheckpointError
+    from compat.checkpoint.legacy import load_legacy
+    from compat.checkpoint.upgrade import upgrade_report, upgrade_state_dict
     from compat.nn.linear_a8w8_quant import LinearA8W8Quant
     from compat.nn.linear_quant import LinearQuant
     from compat.ops.encoding import decode_quant_param, trans_quant_param
@@ -28,17 +32,27 @@ _EXPORTS: dict[str, str] = {
     "LinearA8W8Quant": "compat.nn.linear_a8w8_quant",
     "LinearA8W8QuantDeprecationWarning": "compat._deprecation",
     "install_legacy_imports": "compat._legacy_imports",
+    "CheckpointError": "compat.checkpoint.errors",
+    "upgrade_state_dict": "compat.checkpoint.upgrade",
+    "upgrade_report": "compat.checkpoint.upgrade",
+    "convert_model": "compat.checkpoint.convert",
+    "load_legacy": "compat.checkpoint.legacy",
 }
 
 __all__ = [
+    "CheckpointError",
     "LinearA8W8Quant",
     "LinearA8W8QuantDeprecationWarning",
     "LinearQuant",
     "__version__",
+    "convert_model",
     "decode_quant_param",
     "install_legacy_imports",
+    "load_legacy",
     "quant_matmul",
     "trans_quant_param",
+    "upgrade_report",
+    "upgrade_state_dict",
 ]
 
 

@@ -27,6 +27,7 @@ _COMMANDS: dict[str, str] = {
     "demo": "compat.cli.demo",
     "doctor": "compat.cli.doctor",
     "scan": "compat.cli.scan",
+    "upgrade": "compat.cli.upgrade",
 }
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from compat.checkpoint._hook import FORMAT_VERSION, load_linear_quant_state
 from compat.nn import _scale_cache
 from compat.nn._upstream import upstream_class
 from compat.ops.encoding import trans_quant_param
@@ -76,6 +77,9 @@ class LinearQuant(_Base):
     in_features: int
     out_features: int
     output_dtype: torch.dtype | None
+    # state_dict format version (PyTorch's _metadata); legacy formats are detected from
+    # the tensors themselves, see compat.checkpoint
+    _version = FORMAT_VERSION
 
     def __init__(
         self,
@@ -112,6 +116,12 @@ class LinearQuant(_Base):
             self.bias = param((out_features,), torch.int32)
         else:
             self.register_parameter("bias", None)
+
+    def _load_from_state_dict(self, *args: Any) -> None:
+        # PyTorch passes (state_dict, prefix, local_metadata, strict, missing_keys,
+        # unexpected_keys, error_msgs). Adopts the checkpoint's legal dtypes/shapes,
+        # upgrades legacy entries, raises compat.CheckpointError for illegal ones.
+        load_linear_quant_state(self, super()._load_from_state_dict, *args)
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,122 @@
+"""Atomic file replacement: temporary file in the destination's directory, flushed and
+fsynced, then ``os.replace``; backups that never overwrite; stale temporaries of killed
+runs removed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import IO
+
+from compat.checkpoint.errors import CheckpointError
+
+TMP_TAG = ".compat-tmp-"
+
+
+def temp_name(dst: Path) -> Path:
+    """``.NAME.compat-tmp-PID-RANDOM`` next to ``dst`` (the pid lets later runs clean up)."""
+    return dst.parent / f".{dst.name}{TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class TempFile:
+    """A temporary file that becomes ``dst`` only on :meth:`commit`."""
+
+    def __init__(self, dst: Path) -> None:
+        self.dst = dst
+        self.path = temp_name(dst)
+        self.file: IO[bytes] | None = open(self.path, "xb")
+
+    def finish(self) -> None:
+        """Flush and fsync; after this the file is complete on disk."""
+        assert self.file is not None
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        self.file = None
+
+    def commit(self) -> None:
+        os.replace(self.path, self.dst)
+        fsync_dir(self.dst.parent)
+
+    def discard(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temps(dst: Path) -> list[Path]:
+    """Delete temporaries that a killed run left next to ``dst``; return what was removed."""
+    removed: list[Path] = []
+    prefix = f".{dst.name}{TMP_TAG}"
+    try:
+        candidates = [p for p in dst.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for path in candidates:
+        pid_text = path.name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
+def backup_path(path: Path) -> Path:
+    return path.with_name(path.name + ".bak")
+
+
+def make_backup(path: Path) -> Path:
+    """``PATH.bak``, a hard link (or copy) of ``path``; never overwrites an existing backup."""
+    bak = backup_path(path)
+    if bak.exists() or bak.is_symlink():
+        raise CheckpointError(
+            f"backup {bak} already exists and is never overwritten; move it away (or restore it) "
+            f"and run again"
+        )
+    try:
+        os.link(path, bak)
+    except FileExistsError:
+        raise CheckpointError(f"backup {bak} already exists and is never overwritten") from None
+    except OSError:  # no hard links here: copy, still refusing to overwrite
+        with open(path, "rb") as src, open(bak, "xb") as out:
+            shutil.copyfileobj(src, out, 16 * 2**20)
+            out.flush()
+            os.fsync(out.fileno())
+    fsync_dir(bak.parent)
+    return bak

@@ -1,0 +1,125 @@
+"""``LinearQuant._load_from_state_dict``: dtype-safe loading with automatic upgrade.
+
+PyTorch's default loader copies a checkpoint tensor into the existing parameter, so the
+*module's* dtype and shape win (spec §3.4): an int64 scale becomes a float of the integer,
+a float bias is truncated, a ``(1,)`` scale is a size mismatch. Here the checkpoint's
+entries are first judged and upgraded by :mod:`compat.checkpoint._rules` (the same rules
+as :func:`compat.upgrade_state_dict`, but knowing the module's output dtype, pertoken
+setting and sizes), every problem of the module is raised at once as a
+:class:`CheckpointError` before anything is touched, and then each parameter whose dtype
+or shape differs is re-shaped so that PyTorch's own loader (hooks, ``strict``,
+``assign``, swap-tensors) adopts the checkpoint's dtype and shape instead of casting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from compat.checkpoint._rules import NAMES, Context, DictAccess, apply, plan_group
+from compat.checkpoint.errors import CheckpointError
+
+# The state_dict format of compat's modules, stored by PyTorch as
+# ``state_dict._metadata[module]["version"]``. 1 (nn.Module's default, upstream's
+# classes) = parameters in upstream's dtypes; 2 = natural dtypes (int8 weight, ...).
+# It is informative only: the format is always detected from the tensors.
+FORMAT_VERSION = 2
+
+DefaultLoad = Callable[
+    [dict[str, Any], str, dict[str, Any], bool, list[str], list[str], list[str]], None
+]
+
+
+def module_context(module: nn.Module) -> Context:
+    """The :class:`Context` of a compat LinearQuant (or anything with its attributes)."""
+    weight = getattr(module, "weight", None)
+    return Context(
+        output_dtype=getattr(module, "output_dtype", None) or torch.int8,
+        pertoken=getattr(module, "pertoken_scale", None) is not None,
+        out_features=getattr(module, "out_features", None),
+        in_features=getattr(module, "in_features", None),
+        a4w4=isinstance(weight, torch.Tensor) and weight.dtype == torch.int32,
+        source="module",
+    )
+
+
+def _placeholder(
+    like: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], *, real: bool
+) -> torch.Tensor:
+    if real:  # assign=False: PyTorch copies into it
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    # assign=True: PyTorch only compares shapes, then replaces the parameter
+    return torch.empty((), dtype=dtype, device=like.device).expand(shape)
+
+
+def load_linear_quant_state(
+    module: nn.Module,
+    default_load: DefaultLoad,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Body of ``LinearQuant._load_from_state_dict`` (see the module docstring)."""
+    keys = {
+        name: prefix + name
+        for name in NAMES
+        if prefix + name in state_dict
+        and isinstance(state_dict[prefix + name], torch.Tensor)
+        and getattr(module, name, None) is not None
+    }
+    problems: list[str] = []
+    plan = plan_group(prefix, keys, DictAccess(state_dict), module_context(module), problems)
+    if problems:
+        raise CheckpointError(problems)
+    assign = bool(local_metadata.get("assign_to_params_buffers", False))
+    for change in plan.keys:
+        if change.changed:
+            state_dict[change.key] = apply(change, state_dict[change.key])
+        param = getattr(module, change.name)
+        target = change.after
+        if isinstance(param, torch.Tensor) and (param.dtype, tuple(param.shape)) != (
+            target.dtype,
+            target.shape,
+        ):
+            with torch.no_grad():
+                param.data = _placeholder(param, target.dtype, target.shape, real=not assign)
+    default_load(
+        state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    )
+    _pertoken_rules(module, state_dict, prefix, strict, missing_keys, error_msgs)
+
+
+def _pertoken_rules(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    strict: bool,
+    missing_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """``pertoken_scale`` is per-call data, not a weight (docs/checkpoints.md).
+
+    Module with pertoken, checkpoint without: not a missing key; the module keeps its
+    tensor (assign the ``(m,)`` scale of each batch before calling it). Checkpoint with
+    pertoken, module without: the checkpoint's module ran the pertoken path, so under
+    ``strict=True`` this is an error that says so; ``strict=False`` ignores the key.
+    """
+    key = prefix + "pertoken_scale"
+    has_param = getattr(module, "pertoken_scale", None) is not None
+    if has_param and key in missing_keys:
+        missing_keys.remove(key)
+    if strict and not has_param and key in state_dict:
+        error_msgs.append(
+            f"{key!r} is in the checkpoint, but this {type(module).__name__} was built with "
+            f"pertoken_scale=False: the checkpoint comes from a module that ran the pertoken path "
+            f"(float scale, no offset). Build the module with pertoken_scale=True, or load with "
+            f"strict=False to ignore the saved pertoken_scale (it is per-call data: upstream saves "
+            f"an (out_features,) placeholder)"
+        )

@@ -1,0 +1,126 @@
+"""Pickled Python objects in torch files: refused by default, redirected when trusted.
+
+``torch.load(weights_only=True)`` refuses any global outside tensors and plain
+containers, which is what keeps a malicious ``__reduce__`` from running. A
+whole-module pickle (``torch.save(model)``) of torch_npu's classes is refused the same
+way; with explicit trust it is loaded through an unpickler that maps
+``torch_npu.contrib.module.*`` to compat's classes, so torch_npu need not be installed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import types
+from pathlib import Path
+from typing import Any
+
+UPSTREAM_PACKAGE = "torch_npu.contrib.module"
+
+# upstream class name -> (compat module, class name)
+REDIRECTS: dict[str, tuple[str, str]] = {
+    "LinearA8W8Quant": ("compat.nn.linear_a8w8_quant", "LinearA8W8Quant"),
+    "LinearQuant": ("compat.nn.linear_quant", "LinearQuant"),
+}
+
+# modules whose globals in a checkpoint mean code execution, not a model class
+_DANGEROUS = (
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "builtins",
+    "__builtin__",
+    "sys",
+    "shutil",
+    "socket",
+    "runpy",
+)
+
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+
+
+class RedirectingUnpickler(pickle.Unpickler):
+    """Unpickler that resolves ``torch_npu.contrib.module.*`` classes to compat's."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == UPSTREAM_PACKAGE or module.startswith(UPSTREAM_PACKAGE + "."):
+            target = REDIRECTS.get(name)
+            if target is None:
+                raise pickle.UnpicklingError(
+                    f"the pickle needs {module}.{name}, which compat has no replacement for "
+                    f"(compat provides {', '.join(sorted(REDIRECTS))}); load the file where "
+                    f"torch_npu is installed and save model.state_dict() instead"
+                )
+            import importlib
+
+            return getattr(importlib.import_module(target[0]), target[1])
+        return super().find_class(module, name)
+
+
+def redirecting_pickle_module() -> types.ModuleType:
+    """A ``pickle``-like module for ``torch.load(pickle_module=...)``."""
+    module = types.ModuleType("compat_redirecting_pickle")
+    for name in (
+        "load",
+        "loads",
+        "dump",
+        "dumps",
+        "Pickler",
+        "UnpicklingError",
+        "PicklingError",
+        "HIGHEST_PROTOCOL",
+        "DEFAULT_PROTOCOL",
+    ):
+        setattr(module, name, getattr(pickle, name))
+    module.Unpickler = RedirectingUnpickler  # type: ignore[attr-defined]
+    return module
+
+
+def globals_in(path: Path, err: BaseException) -> list[str]:
+    """The globals a weights-only load refused (all of them for zip files)."""
+    found: list[str] = []
+    try:
+        import torch.serialization
+
+        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:
+        found = []
+    for match in _GLOBAL.findall(str(err)):
+        if match not in found:
+            found.append(match)
+    return found
+
+
+def refusal_message(path: Path, names: list[str]) -> str:
+    """Why a file with pickled objects is refused, and what to do."""
+    listed = ", ".join(names)
+    text = (
+        f"{path}: refusing to unpickle it: the file holds pickled Python objects, not only tensors "
+        f"(it needs {listed}), and unpickling them can run arbitrary code, so it is loaded with "
+        f"weights_only=True only."
+    )
+    if any(
+        n.startswith(UPSTREAM_PACKAGE + ".") or n.startswith(UPSTREAM_PACKAGE + " ") for n in names
+    ):
+        text += (
+            " This is a whole-module pickle (torch.save(model)) of torch_npu's modules. If you "
+            "trust "
+            "where the file comes from, pass --trust-pickle (API: trust_pickle=True): torch_npu's "
+            "classes are then redirected to compat's, torch_npu is not needed, and the result is "
+            "saved as a state_dict."
+        )
+    else:
+        text += (
+            " If you trust where the file comes from, pass --trust-pickle (API: "
+            "trust_pickle=True); "
+            "the result is saved as a state_dict."
+        )
+    dangerous = [n for n in names if n.split(".", 1)[0] in _DANGEROUS]
+    if dangerous:
+        text += (
+            f" Warning: {', '.join(dangerous)} {'is' if len(dangerous) == 1 else 'are'} not a "
+            "model "
+            f"class but a way to run commands: do not trust this file."
+        )
+    return text

@@ -1,0 +1,54 @@
+"""A one-line progress bar on stderr (no dependency)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+_WIDTH = 30
+_MIB = 2**20
+
+
+class Progress:
+    """``label [#####-----] 50%  512/1024 MiB``, redrawn in place at most 10 times a second."""
+
+    def __init__(self, total: int, *, enabled: bool, stream: TextIO | None = None) -> None:
+        self.total = max(total, 1)
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.done = 0
+        self.label = ""
+        self._last = 0.0
+        self._drawn = False
+
+    def phase(self, label: str) -> None:
+        self.label = label
+        self._draw(force=True)
+
+    def advance(self, count: int) -> None:
+        self.done = min(self.total, self.done + count)
+        self._draw(force=False)
+
+    def _draw(self, *, force: bool) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.1 and self.done < self.total:
+            return
+        self._last = now
+        filled = int(_WIDTH * self.done / self.total)
+        bar = "#" * filled + "-" * (_WIDTH - filled)
+        percent = 100 * self.done // self.total
+        self.stream.write(
+            f"\r{self.label:<10} [{bar}] {percent:3d}%  "
+            f"{self.done / _MIB:.0f}/{self.total / _MIB:.0f} MiB"
+        )
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self.enabled and self._drawn:
+            self._draw(force=True)
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,620 @@
+"""What a quant-linear checkpoint entry may hold, and how legacy entries are upgraded.
+
+One group of keys (``<prefix>weight``, ``scale``, ``offset``, ``pertoken_scale``,
+``bias``) is judged at a time, from the keys, dtypes, shapes and values alone: the
+PyTorch ``_metadata`` version is lost whenever a state_dict is rebuilt or goes through
+safetensors, so it is never trusted. Formats (docs/checkpoints.md):
+
+* F1 plain upstream state_dict (float scale); current, nothing to change.
+* F2 torchair ``use_internal_format_weight``: int64 scale with the offset folded in (spec
+  §4). Kept where the output dtype accepts int64, decoded exactly (spec §1.5) where a
+  float scale is needed (bfloat16/int32 output, pertoken).
+* F3 per-tensor scale/offset of shape ``(1,)``; legal as is.
+* F4 re-saved after a plain load into upstream's float32 parameters (spec §3.4): a float
+  weight holding integers is restored to int8 once every value is checked; a float
+  scale in ``[2**46, 2**47]`` is a destroyed int64 quant param and is refused.
+
+Everything else that is not legal raises :class:`CheckpointError`; nothing is cast
+silently. The transformations themselves (:func:`apply`, :func:`transform_chunk`) are
+element-wise so that the file converter can stream them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from compat.ops._checks import allowed, dtype_name
+from compat.ops.encoding import decode, decode_quant_param
+
+NAMES = ("weight", "scale", "offset", "pertoken_scale", "bias")
+
+_I8, _I32, _I64 = torch.int8, torch.int32, torch.int64
+_F16, _BF16, _F32, _F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
+
+# dtypes legal for some module (issue 4); the module's output dtype narrows them.
+LEGAL: dict[str, tuple[torch.dtype, ...]] = {
+    "weight": (_I8, _I32),
+    "scale": (_F32, _I64, _BF16),
+    "offset": (_F32,),
+    "pertoken_scale": (_F32,),
+    "bias": (_I32, _BF16, _F16, _F32),
+}
+FLOAT_WEIGHT_DTYPES = (_F16, _BF16, _F32, _F64)
+OUTPUT_DTYPES = (_I8, _F16, _BF16, _I32)
+
+# actions
+KEEP, RESTORE, DECODE = "unchanged", "restored", "decoded"
+
+# an int64 quant param lies in [2**46, 2**47); cast to a float it rounds into [2**46, 2**47]
+_Q_LOW, _Q_HIGH = float(2**46), float(2**47)
+CHUNK_ELEMENTS = 1 << 22
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """dtype and shape of one tensor (all the planner needs before reading values)."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= d
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    def __str__(self) -> str:
+        return f"{dtype_name(self.dtype)} {shape_text(self.shape)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dtype": dtype_name(self.dtype), "shape": list(self.shape)}
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> Spec:
+        return cls(tensor.dtype, tuple(tensor.shape))
+
+
+class Access(Protocol):
+    """Read access to the tensors of a state_dict (in memory, mmap or a lazy file)."""
+
+    def spec(self, key: str) -> Spec: ...
+
+    def tensor(self, key: str) -> torch.Tensor: ...
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]: ...
+
+    def is_meta(self, key: str) -> bool: ...
+
+
+class DictAccess:
+    """:class:`Access` over a mapping of tensors."""
+
+    def __init__(
+        self, mapping: Mapping[str, Any], release: Callable[[torch.Tensor], None] | None = None
+    ) -> None:
+        self._mapping = mapping
+        self._release = release  # called on each chunk once read (mmap'd sources)
+
+    def spec(self, key: str) -> Spec:
+        return Spec.of(self._mapping[key])
+
+    def tensor(self, key: str) -> torch.Tensor:
+        value: torch.Tensor = self._mapping[key]
+        return value
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]:
+        flat = self._mapping[key].reshape(-1)
+        for start in range(0, flat.numel(), CHUNK_ELEMENTS):
+            chunk = flat[start : start + CHUNK_ELEMENTS]
+            yield chunk
+            if self._release is not None:
+                self._release(chunk)
+
+    def is_meta(self, key: str) -> bool:
+        return bool(self._mapping[key].device.type == "meta")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What is known about the module a group belongs to.
+
+    ``output_dtype`` None means unknown (a state_dict alone does not record it); a
+    module's ``output_dtype=None`` is passed as ``torch.int8``. ``pertoken`` None means:
+    infer from the presence of the ``pertoken_scale`` key. ``a4w4`` is the module's
+    current weight kind, used when the checkpoint has no weight.
+    """
+
+    output_dtype: torch.dtype | None = None
+    pertoken: bool | None = None
+    out_features: int | None = None
+    in_features: int | None = None
+    a4w4: bool = False
+    source: str = "unknown"
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """What upgrading does to one key, and why."""
+
+    key: str
+    name: str
+    action: str
+    before: Spec
+    after: Spec
+    reason: str
+
+    @property
+    def changed(self) -> bool:
+        return self.action != KEEP
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "action": self.action,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """The upgrade of one quant linear's keys."""
+
+    prefix: str
+    formats: tuple[str, ...]
+    output_dtype: str
+    keys: tuple[KeyChange, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def module(self) -> str:
+        return self.prefix[:-1] if self.prefix.endswith(".") else self.prefix
+
+    @property
+    def changed(self) -> bool:
+        return any(k.changed for k in self.keys)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "formats": list(self.formats),
+            "output_dtype": self.output_dtype,
+            "changed": self.changed,
+            "keys": [k.to_dict() for k in self.keys],
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------- legality
+def _row(
+    a4w4: bool, output_dtype: torch.dtype, pertoken: bool
+) -> dict[str, tuple[torch.dtype | None, ...]] | None:
+    """The Atlas A2/A3 dtype row of ``quant_matmul`` (spec §2.5) for a module config."""
+    from compat.ops.quant_matmul import _TABLE  # one table, owned by the op
+
+    return _TABLE.get((a4w4, output_dtype, pertoken))
+
+
+def _dtypes(values: tuple[torch.dtype | None, ...]) -> tuple[torch.dtype, ...]:
+    return tuple(v for v in values if v is not None)
+
+
+def _unravel(index: int, shape: tuple[int, ...]) -> list[int]:
+    out = []
+    for dim in reversed(shape):
+        out.append(index % dim if dim else 0)
+        index = index // dim if dim else 0
+    return out[::-1]
+
+
+def _first_bad_integral(access: Access, key: str, spec: Spec) -> tuple[int, float] | None:
+    """Flat index and value of the first element that is not an integer in [-128, 127]."""
+    start = 0
+    for chunk in access.chunks(key):
+        bad = (chunk != torch.round(chunk)) | (chunk < -128) | (chunk > 127)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            return start + i, float(chunk[i])
+        start += chunk.numel()
+    return None
+
+
+def _destroyed_index(values: torch.Tensor) -> int | None:
+    hit = (values >= _Q_LOW) & (values <= _Q_HIGH)
+    if bool(hit.any()):
+        return int(hit.reshape(-1).nonzero()[0, 0])
+    return None
+
+
+def _nan_index(values: torch.Tensor) -> int | None:
+    nan = torch.isnan(values.reshape(-1))
+    if bool(nan.any()):
+        return int(nan.nonzero()[0, 0])
+    return None
+
+
+def _value_text(values: torch.Tensor, index: int) -> str:
+    return repr(float(values.reshape(-1)[index]))
+
+
+_HALF_HINT = (
+    " (a float16/bfloat16 copy of a float32 parameter usually comes from model.half() or "
+    ".to(torch.bfloat16) after a plain load into upstream's module; the float32 values are "
+    "lost: re-export from the original checkpoint)"
+)
+
+
+class _Group:
+    """Planning state of one group (collects problems instead of raising)."""
+
+    def __init__(
+        self,
+        prefix: str,
+        keys: Mapping[str, str],
+        access: Access,
+        ctx: Context,
+        problems: list[str],
+    ) -> None:
+        self.prefix = prefix
+        self.keys = keys
+        self.access = access
+        self.ctx = ctx
+        self.problems = problems
+        self.specs = {name: access.spec(key) for name, key in keys.items()}
+        self.changes: dict[str, KeyChange] = {}
+        self.notes: list[str] = []
+        self.formats: set[str] = set()
+
+    # helpers
+    def problem(self, name: str, text: str) -> None:
+        self.problems.append(f"{self.keys[name]!r}: {text}")
+
+    def keep(self, name: str, reason: str = "") -> None:
+        spec = self.specs[name]
+        self.changes[name] = KeyChange(self.keys[name], name, KEEP, spec, spec, reason)
+
+    def change(self, name: str, action: str, after: Spec, reason: str) -> None:
+        self.changes[name] = KeyChange(
+            self.keys[name], name, action, self.specs[name], after, reason
+        )
+
+    def values(self, name: str) -> torch.Tensor | None:
+        """Small tensors only (scale, offset); None on the meta device."""
+        if self.access.is_meta(self.keys[name]):
+            return None
+        return self.access.tensor(self.keys[name])
+
+    def has_nan(self, name: str, values: torch.Tensor) -> bool:
+        """Report a NaN in a scale or offset (never a usable value); True if found."""
+        nan = _nan_index(values)
+        if nan is not None:
+            self.problem(
+                name,
+                f"{dtype_name(values.dtype)} {name} holds NaN at index {nan}; it must be a number",
+            )
+        return nan is not None
+
+    def check_dtype(self, name: str, legal: tuple[torch.dtype, ...], context: str = "") -> bool:
+        spec = self.specs[name]
+        if spec.dtype in legal:
+            return True
+        hint = (
+            _HALF_HINT
+            if spec.dtype in (_F16, _BF16) and name in ("scale", "offset", "pertoken_scale")
+            else ""
+        )
+        where = f" {context}" if context else ""
+        self.problem(
+            name,
+            f"dtype {dtype_name(spec.dtype)} (shape {shape_text(spec.shape)}) is not "
+            f"allowed{where}; allowed: {allowed(legal)}{hint}",
+        )
+        return False
+
+    def check_vector(self, name: str, n: int | None, *, per_tensor: bool) -> None:
+        shape = self.specs[name].shape
+        if per_tensor:
+            ok = len(shape) == 1 and (shape[0] == 1 or n is None or shape[0] == n)
+            want = "(1,) or (n,)" + (f" = ({n},)" if n is not None else "")
+        elif name == "pertoken_scale":
+            ok, want = len(shape) == 1, "1-D (m,) or upstream's (out_features,)"
+        else:
+            ok = len(shape) == 1 and (n is None or shape[0] == n)
+            want = "(n,)" + (f" = ({n},)" if n is not None else "")
+        if not ok:
+            self.problem(
+                name,
+                f"shape {shape_text(shape)} ({dtype_name(self.specs[name].dtype)}) is not allowed; "
+                f"allowed: {want}",
+            )
+        elif per_tensor and shape == (1,) and n not in (None, 1):
+            self.formats.add("F3")
+
+
+def _out_features(g: _Group) -> int | None:
+    if g.ctx.out_features is not None:
+        return g.ctx.out_features
+    weight = g.specs.get("weight")
+    if weight is not None and len(weight.shape) == 2:
+        return weight.shape[0]
+    return None
+
+
+def _plan_weight(g: _Group) -> torch.dtype | None:
+    """Check the weight; return its dtype after the upgrade (None if absent/illegal)."""
+    spec = g.specs.get("weight")
+    if spec is None:
+        return None
+    want = (g.ctx.out_features, g.ctx.in_features)
+    if len(spec.shape) != 2 or (want[0] is not None and spec.shape != want):
+        expected = (
+            f"({want[0]}, {want[1]}) = (out_features, in_features)"
+            if want[0] is not None
+            else "2-D (out_features, in_features)"
+        )
+        g.problem(
+            "weight",
+            f"shape {shape_text(spec.shape)} ({dtype_name(spec.dtype)}) is not allowed; allowed: "
+            f"{expected}",
+        )
+        return None
+    if spec.dtype in LEGAL["weight"]:
+        g.keep("weight")
+        return spec.dtype
+    if spec.dtype not in FLOAT_WEIGHT_DTYPES:
+        g.check_dtype("weight", LEGAL["weight"], "(int8; int32 for A4W4)")
+        return None
+    # F4: a float weight is legal only as the float image of an int8 weight.
+    key = g.keys["weight"]
+    if g.access.is_meta(key):
+        g.problem(
+            "weight",
+            f"dtype {dtype_name(spec.dtype)} on the meta device: its values cannot be checked, so "
+            "it cannot be restored to int8",
+        )
+        return None
+    bad = _first_bad_integral(g.access, key, spec)
+    if bad is not None:
+        index, value = bad
+        g.problem(
+            "weight",
+            f"dtype {dtype_name(spec.dtype)} holds {value!r} at index "
+            f"{_unravel(index, spec.shape)}, "
+            f"which is not an integer in [-128, 127]: it is not the float image of an int8 weight "
+            f"(legacy F4) and cannot be restored; allowed: torch.int8, torch.int32 (A4W4), or a "
+            f"float tensor holding only integers in [-128, 127]. An A4W4 int32 weight that went "
+            f"through float32 has lost bits: re-export it",
+        )
+        return None
+    g.formats.add("F4")
+    g.change(
+        "weight",
+        RESTORE,
+        Spec(_I8, spec.shape),
+        f"{dtype_name(spec.dtype)} weight holding only integers in [-128, 127] (re-saved after a "
+        f"plain load into upstream's float32 parameter, F4): restored to torch.int8, every "
+        f"value checked",
+    )
+    return _I8
+
+
+def _context(out: torch.dtype | None, row: object, pertoken: bool) -> str:
+    if row is None or out is None:
+        return ""
+    return f"for output_dtype={dtype_name(out)}" + (" with pertoken_scale" if pertoken else "")
+
+
+def _plan_scale(
+    g: _Group,
+    n: int | None,
+    row: Mapping[str, tuple[torch.dtype | None, ...]] | None,
+    pertoken: bool,
+) -> None:
+    spec = g.specs.get("scale")
+    if spec is None:
+        return
+    g.check_vector("scale", n, per_tensor=True)
+    out = g.ctx.output_dtype
+    if spec.dtype == _I64:
+        g.formats.add("F2")
+        values = g.values("scale")
+        if values is not None:
+            try:
+                decode_quant_param(values)
+            except ValueError as err:
+                g.problem("scale", f"int64 scale is not an npu_trans_quant_param result ({err})")
+                return
+        needs_float = (row is not None and _I64 not in row["scale"]) or (
+            row is None and out is None and pertoken
+        )
+        if not needs_float:
+            legal_for = (
+                f"output_dtype={dtype_name(out)}"
+                if out is not None
+                else "int8/float16 output (the output dtype is not recorded in a state_dict)"
+            )
+            g.keep(
+                "scale",
+                f"int64 quant param (torchair, F2) kept: legal for {legal_for}; the hardware reads "
+                "the scale from bits 13-31 and the offset from bits 37-45",
+            )
+            return
+        why = "pertoken_scale" if pertoken else f"output_dtype={dtype_name(out)}"
+        if values is not None:
+            _scale, offset = decode(values)
+            nonzero = offset.reshape(-1) != 0
+            if bool(nonzero.any()):
+                i = int(nonzero.nonzero()[0, 0])
+                g.problem(
+                    "scale",
+                    f"int64 quant param folds offset {int(offset.reshape(-1)[i])} (index {i}) into "
+                    "bits 37-45, "
+                    f"but {why} needs a float scale and allows no offset: decoding it would drop "
+                    "the "
+                    f"offset; allowed here: {allowed(_dtypes(row['scale']) if row else (_F32,))}",
+                )
+                return
+        g.change(
+            "scale",
+            DECODE,
+            Spec(_F32, spec.shape),
+            "int64 quant param (torchair, F2) decoded exactly to its float32 scale (bits 13-31, "
+            "spec "
+            f"§1.5; the folded offset is 0): {why} needs a float scale",
+        )
+        return
+    legal = _dtypes(row["scale"]) if row is not None else LEGAL["scale"]
+    float_legal = tuple(d for d in legal if d != _I64)
+    if spec.dtype.is_floating_point:
+        values = g.values("scale")
+        if values is not None:
+            hit = _destroyed_index(values)
+            if hit is not None:
+                g.problem(
+                    "scale",
+                    f"{dtype_name(spec.dtype)} scale holds {_value_text(values, hit)} at index "
+                    f"{hit}, in "
+                    "[2**46, 2**47]: this is an int64 quant param (npu_trans_quant_param / "
+                    "torchair "
+                    f"use_internal_format_weight) destroyed by a float cast, typically a plain "
+                    "load_state_dict into upstream's float32 scale parameter (legacy F4). The "
+                    "cast "
+                    "rounded away its low bits, which hold 10 of the scale's 19 bits, so the "
+                    "scale "
+                    "cannot be recovered. Re-export: load the original checkpoint, the one with "
+                    "the "
+                    "int64 scale, with compat (compat.LinearQuant keeps int64), or re-encode the "
+                    "float "
+                    f"scales with compat.trans_quant_param",
+                )
+                return
+            if g.has_nan("scale", values):
+                return
+    context = _context(out, row, pertoken)
+    if g.check_dtype("scale", (*float_legal, _I64), context):
+        g.keep("scale")
+
+
+def _plan_offset(g: _Group, n: int | None) -> None:
+    if "offset" not in g.specs:
+        return
+    g.check_vector("offset", n, per_tensor=True)
+    if not g.check_dtype("offset", LEGAL["offset"]):
+        return
+    values = g.values("offset")
+    if values is not None and g.has_nan("offset", values):
+        return
+    g.keep("offset")
+    scale_spec = g.specs.get("scale")
+    scale = g.values("scale") if scale_spec is not None and scale_spec.dtype == _I64 else None
+    if scale is None or values is None or "scale" not in g.changes:
+        return
+    # F2: the offset key is stale; the hardware applies the offset folded into the scale.
+    try:
+        folded = decode(scale)[1]
+        mine = torch.round(values).clamp(-256, 255)
+        folded, mine = torch.broadcast_tensors(folded, mine)
+    except RuntimeError:
+        return
+    differ = (folded != mine).reshape(-1)
+    if bool(differ.any()):
+        i = int(differ.nonzero()[0, 0])
+        g.notes.append(
+            f"{g.keys['offset']!r} (rounded: {int(mine.reshape(-1)[i])} at index {i}) disagrees "
+            "with "
+            f"the offset folded into the int64 scale ({int(folded.reshape(-1)[i])}); the hardware "
+            f"applies the folded one and ignores the offset tensor"
+        )
+
+
+def _plan_bias(
+    g: _Group,
+    n: int | None,
+    row: Mapping[str, tuple[torch.dtype | None, ...]] | None,
+    pertoken: bool,
+) -> None:
+    if "bias" not in g.specs:
+        return
+    g.check_vector("bias", n, per_tensor=False)
+    legal = _dtypes(row["bias"]) if row is not None else LEGAL["bias"]
+    if g.check_dtype("bias", legal, _context(g.ctx.output_dtype, row, pertoken)):
+        g.keep("bias")
+
+
+def _plan_pertoken(g: _Group) -> None:
+    if "pertoken_scale" not in g.specs:
+        return
+    g.check_vector("pertoken_scale", None, per_tensor=False)
+    if g.check_dtype("pertoken_scale", LEGAL["pertoken_scale"]):
+        g.keep("pertoken_scale", "per-call data: upstream saves its (out_features,) placeholder")
+
+
+def plan_group(
+    prefix: str, keys: Mapping[str, str], access: Access, ctx: Context, problems: list[str]
+) -> GroupPlan:
+    """Plan the upgrade of one quant linear's keys (``name -> full key``).
+
+    Problems are appended to ``problems`` (the caller raises once for all groups); the
+    returned plan lists every key that passed its checks.
+    """
+    g = _Group(prefix, keys, access, ctx, problems)
+    before = len(problems)
+    n = _out_features(g)
+    weight_dtype = _plan_weight(g)
+    a4w4 = (weight_dtype == _I32) if weight_dtype is not None else ctx.a4w4
+    pertoken = ctx.pertoken if ctx.pertoken is not None else "pertoken_scale" in keys
+    out = ctx.output_dtype
+    row = _row(a4w4, out, pertoken) if out is not None else None
+    if out is not None and row is None:
+        g.notes.append(
+            f"module configuration {'A4W4' if a4w4 else 'A8W8'}, output_dtype={dtype_name(out)}"
+            f"{', pertoken_scale' if pertoken else ''} is not a legal quant_matmul combination; "
+            f"dtypes were checked against the union of legal dtypes only"
+        )
+    _plan_scale(g, n, row, pertoken)
+    _plan_offset(g, n)
+    _plan_pertoken(g)
+    _plan_bias(g, n, row, pertoken)
+    if "F2" not in g.formats and len(problems) == before:
+        g.formats.add("F1")
+    order = [name for name in NAMES if name in g.changes]
+    return GroupPlan(
+        prefix=prefix,
+        formats=tuple(sorted(g.formats)),
+        output_dtype=dtype_name(out) if out is not None else "unknown",
+        keys=tuple(g.changes[name] for name in order),
+        notes=tuple(g.notes),
+    )
+
+
+# --------------------------------------------------------------------------- transformations
+def transform_chunk(action: str, chunk: torch.Tensor) -> torch.Tensor:
+    """Apply an action to (a flat chunk of) a tensor; every action is element-wise."""
+    if action == KEEP:
+        return chunk
+    if action == RESTORE:
+        return chunk.to(_I8)  # exact: every value was checked to be an integer in int8 range
+    if action == DECODE:
+        return decode(chunk)[0]
+    raise ValueError(f"unknown upgrade action {action!r}")
+
+
+def apply(change: KeyChange, tensor: torch.Tensor) -> torch.Tensor:
+    """The upgraded tensor for one key (the input tensor itself when unchanged)."""
+    if change.action == KEEP:
+        return tensor
+    return transform_chunk(change.action, tensor)

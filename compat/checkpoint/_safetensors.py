@@ -1,0 +1,277 @@
+"""safetensors files, streamed: at most one chunk of one tensor in memory.
+
+The ``safetensors`` package (extra ``compat[safetensors]``) is the authority on the
+format: it validates every source header and reads back every file written here. Data
+is read and written by this module with plain file I/O because the package's writer
+needs every tensor in memory at once and its reader maps the whole file, which would
+make the converter's peak memory the file size instead of one chunk.
+
+Layout: 8-byte little-endian header length N, N bytes of JSON (``{name: {dtype, shape,
+data_offsets: [begin, end]}, "__metadata__": {str: str}}``, offsets relative to the
+end of the header), then the tensors' bytes, contiguous, in offset order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from compat.checkpoint._rules import CHUNK_ELEMENTS, Spec
+from compat.checkpoint.errors import CheckpointError
+
+HEADER_LIMIT = 100 * 2**20  # the package's own limit
+COPY_CHUNK = 16 * 2**20
+
+_CODES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+for _code, _attr in (
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+):
+    if hasattr(torch, _attr):
+        _CODES[_code] = getattr(torch, _attr)
+_NAMES = {dtype: code for code, dtype in _CODES.items()}
+
+INSTALL_HINT = "install the optional extra: pip install 'linear-quant-compat[safetensors]'"
+
+
+def require_package() -> Any:
+    """The ``safetensors`` module, or a CheckpointError telling how to install it."""
+    try:
+        import safetensors
+    except ImportError:
+        raise CheckpointError(
+            f"reading or writing .safetensors files needs the safetensors package; {INSTALL_HINT}"
+        ) from None
+    return safetensors
+
+
+def is_safetensors(path: Path) -> bool:
+    """Sniff the layout (an 8-byte length, then a JSON object), not the file name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    (size,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 0 < size <= HEADER_LIMIT
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    spec: Spec
+    begin: int  # relative to the data section
+    end: int
+
+
+class SafetensorsFile:
+    """A validated safetensors file; tensors are read on demand, with plain reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                self._bad(f"it has {len(raw)} bytes, fewer than the 8-byte header length")
+            (length,) = struct.unpack("<Q", raw)
+            if length > HEADER_LIMIT or 8 + length > self.size:
+                self._bad(
+                    f"header length {length} exceeds the file ({self.size} bytes) or the limit"
+                )
+            header_bytes = f.read(length)
+        try:
+            header = json.loads(header_bytes)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            self._bad(f"the header is not valid JSON ({err})")
+        if not isinstance(header, dict):
+            self._bad("the header is not a JSON object")
+        self.data_start = 8 + length
+        metadata = header.pop("__metadata__", None)
+        if metadata is not None and (
+            not isinstance(metadata, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        ):
+            self._bad("__metadata__ is not a mapping of strings to strings")
+        self.metadata: dict[str, str] | None = metadata
+        entries = [self._entry(name, info) for name, info in header.items()]
+        entries.sort(key=lambda e: (e.begin, e.end))
+        position = 0
+        for e in entries:
+            if e.begin != position:
+                self._bad(
+                    f"tensor {e.name!r} starts at byte {e.begin} of the data, expected {position} "
+                    "(gap or overlap)"
+                )
+            position = e.end
+        if self.data_start + position != self.size:
+            self._bad(
+                f"the tensors end at byte {self.data_start + position} but the file has "
+                f"{self.size} bytes "
+                f"({'truncated' if self.data_start + position > self.size else 'trailing data'})"
+            )
+        self.entries: dict[str, Entry] = {e.name: e for e in entries}  # file order
+        self._check_with_package()
+        self._file: io.BufferedReader | None = None
+
+    def _bad(self, why: str) -> Any:
+        raise CheckpointError(f"{self.path}: not a valid safetensors file: {why}")
+
+    def _entry(self, name: str, info: object) -> Entry:
+        if not isinstance(info, dict):
+            self._bad(f"entry {name!r} is not an object")
+        assert isinstance(info, dict)
+        code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        dtype = _CODES.get(code) if isinstance(code, str) else None
+        if dtype is None:
+            self._bad(f"tensor {name!r} has dtype {code!r}; supported: {', '.join(_CODES)}")
+        ok_shape = isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+        ok_offsets = (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and o >= 0 for o in offsets)
+        )
+        if not ok_shape or not ok_offsets:
+            self._bad(f"tensor {name!r} has shape {shape!r} and data_offsets {offsets!r}")
+        assert dtype is not None and isinstance(shape, list) and isinstance(offsets, list)
+        spec = Spec(dtype, tuple(shape))
+        if offsets[1] - offsets[0] != spec.nbytes:
+            self._bad(
+                f"tensor {name!r} ({spec}) needs {spec.nbytes} bytes but data_offsets {offsets} "
+                f"give {offsets[1] - offsets[0]}"
+            )
+        return Entry(name, spec, offsets[0], offsets[1])
+
+    def _check_with_package(self) -> None:
+        package = require_package()
+        try:
+            with package.safe_open(str(self.path), framework="pt") as f:
+                keys = set(f.keys())
+                metadata = f.metadata()
+        except Exception as err:
+            self._bad(f"the safetensors package rejects it ({type(err).__name__}: {err})")
+        if keys != set(self.entries) or (metadata or None) != (self.metadata or None):
+            self._bad("the safetensors package reads different tensor names or metadata")
+
+    # -- reading
+    def _handle(self) -> io.BufferedReader:
+        if self._file is None:
+            self._file = open(self.path, "rb")
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def read_bytes(self, entry: Entry, start: int, count: int) -> torch.Tensor:
+        """``count`` bytes of a tensor from byte ``start`` (relative to the tensor)."""
+        buf = torch.empty(count, dtype=torch.uint8)
+        f = self._handle()
+        f.seek(self.data_start + entry.begin + start)
+        got = f.readinto(buf.numpy().data)
+        if got != count:
+            raise CheckpointError(
+                f"{self.path}: tensor {entry.name!r} is truncated (read {got} of {count} bytes)"
+            )
+        return buf
+
+    def spec(self, key: str) -> Spec:
+        return self.entries[key].spec
+
+    def tensor(self, key: str) -> torch.Tensor:
+        e = self.entries[key]
+        return _as(self.read_bytes(e, 0, e.spec.nbytes), e.spec)
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]:
+        e = self.entries[key]
+        item = e.spec.dtype.itemsize
+        total = e.spec.numel
+        for start in range(0, total, CHUNK_ELEMENTS):
+            count = min(CHUNK_ELEMENTS, total - start)
+            yield _as(self.read_bytes(e, start * item, count * item), Spec(e.spec.dtype, (count,)))
+
+    def is_meta(self, key: str) -> bool:
+        return False
+
+    def raw_chunks(self, key: str) -> Iterator[torch.Tensor]:
+        e = self.entries[key]
+        total = e.end - e.begin
+        for start in range(0, total, COPY_CHUNK):
+            yield self.read_bytes(e, start, min(COPY_CHUNK, total - start))
+
+
+def _as(buf: torch.Tensor, spec: Spec) -> torch.Tensor:
+    if sys.byteorder != "little":  # pragma: no cover - no big-endian CI machine
+        raise CheckpointError("safetensors files are little-endian; this machine is not")
+    return buf.view(spec.dtype).reshape(spec.shape)
+
+
+def header_bytes(entries: list[tuple[str, Spec]], metadata: dict[str, str] | None) -> bytes:
+    """The 8-byte length and JSON header for tensors written in ``entries`` order."""
+    header: dict[str, Any] = {}
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    position = 0
+    for name, spec in entries:
+        code = _NAMES.get(spec.dtype)
+        if code is None:
+            raise CheckpointError(
+                f"tensor {name!r} has dtype {spec.dtype}, which safetensors cannot store"
+            )
+        header[name] = {
+            "dtype": code,
+            "shape": list(spec.shape),
+            "data_offsets": [position, position + spec.nbytes],
+        }
+        position += spec.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def write(
+    out: IO[bytes],
+    entries: list[tuple[str, Spec]],
+    metadata: dict[str, str] | None,
+    produce: Callable[[str], Iterator[torch.Tensor]],
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Write a safetensors file; ``produce(name)`` yields the tensor's bytes in order."""
+    out.write(header_bytes(entries, metadata))
+    for name, spec in entries:
+        written = 0
+        for piece in produce(name):
+            data = piece.contiguous().view(torch.uint8).reshape(-1)
+            out.write(data.numpy().data)
+            written += data.numel()
+            if progress is not None:
+                progress(data.numel())
+        if written != spec.nbytes:
+            raise CheckpointError(
+                f"internal error: tensor {name!r} produced {written} bytes, expected {spec.nbytes}"
+            )

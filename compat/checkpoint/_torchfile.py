@@ -1,0 +1,430 @@
+"""torch files (``torch.save`` output): safe loading, integrity check, saving and
+verification with bounded memory."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import pickle
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compat.checkpoint import _pickle
+from compat.checkpoint._pages import PageReleaser
+from compat.checkpoint._progress import Progress
+from compat.checkpoint._rules import CHUNK_ELEMENTS, DECODE, RESTORE, Context, DictAccess
+from compat.checkpoint.errors import CheckpointError
+from compat.checkpoint.upgrade import UpgradeReport, apply_report, plan_state_dict
+
+Location = tuple[str, ...]  # where a state_dict sits in the loaded object: () or (key,)
+
+
+@dataclass
+class Loaded:
+    """A torch file as loaded (whole-module pickles already turned into state_dicts)."""
+
+    path: Path
+    obj: Any
+    zip: bool
+    pickled_modules: bool = False
+    contexts: dict[Location, dict[str, Context]] = field(default_factory=dict)
+    releaser: PageReleaser | None = None
+
+
+def _quiet_load(path: Path, **kwargs: Any) -> Any:
+    with warnings.catch_warnings():
+        # weights-only unpickler notice for protocol-4 pickles: the load fails or works anyway
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(str(path), map_location="cpu", **kwargs)
+
+
+def load(path: Path, *, trust_pickle: bool) -> Loaded:
+    """Load with ``weights_only=True`` (``mmap=True`` for zip files), on the CPU.
+
+    A file needing pickled classes is refused with a message pointing at
+    ``--trust-pickle``; with trust it is unpickled with torch_npu's classes redirected
+    to compat's, and every module in it is replaced by its state_dict.
+    """
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        obj = _quiet_load(path, weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as err:
+        names = _pickle.globals_in(path, err)
+        if not names:
+            raise CheckpointError(
+                f"{path}: not a torch checkpoint, or corrupt ({_last_line(err)})"
+            ) from None
+        if not trust_pickle:
+            raise CheckpointError(_pickle.refusal_message(path, names)) from None
+        obj = _trusted_load(path, is_zip)
+        loaded = _modules_to_state(path, obj, is_zip)
+        loaded.releaser = PageReleaser(path, enabled=is_zip and _native_order(path))
+        return loaded
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: cannot read it as a torch checkpoint; it is truncated or corrupt "
+            f"({type(err).__name__}: {_last_line(err)})"
+        ) from None
+    return Loaded(
+        path, obj, is_zip, releaser=PageReleaser(path, enabled=is_zip and _native_order(path))
+    )
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if "Unsupported" in line or "error" in line.lower()]
+    return (useful or lines)[-1].strip()[:300]
+
+
+def _trusted_load(path: Path, is_zip: bool) -> Any:
+    try:
+        return _quiet_load(
+            path, weights_only=False, mmap=is_zip, pickle_module=_pickle.redirecting_pickle_module()
+        )
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: unpickling failed even with --trust-pickle ({type(err).__name__}: "
+            f"{_last_line(err)})"
+        ) from None
+
+
+def _native_order(path: Path) -> bool:
+    """Whether the file's tensors are stored in this machine's byte order."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("/byteorder") or n == "byteorder"]
+            if not names:
+                return sys.byteorder == "little"  # files without the record are little-endian
+            return zf.read(names[0]).decode() == sys.byteorder
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError):
+        return False
+
+
+def _modules_to_state(path: Path, obj: Any, is_zip: bool) -> Loaded:
+    """Replace unpickled modules (top level or one level down) by their state_dicts."""
+    from compat.checkpoint._hook import module_context
+    from compat.nn.linear_quant import LinearQuant
+
+    contexts: dict[Location, dict[str, Context]] = {}
+
+    def convert(module: nn.Module, where: Location) -> dict[str, Any]:
+        contexts[where] = {
+            name: module_context(m)
+            for name, m in module.named_modules()
+            if isinstance(m, LinearQuant)
+        }
+        state: dict[str, Any] = module.state_dict()
+        return state
+
+    if isinstance(obj, nn.Module):
+        return Loaded(path, convert(obj, ()), is_zip, True, contexts)
+    if isinstance(obj, dict) and any(isinstance(v, nn.Module) for v in obj.values()):
+        out = type(obj)()
+        for key, value in obj.items():
+            out[key] = convert(value, (str(key),)) if isinstance(value, nn.Module) else value
+        return Loaded(path, out, is_zip, True, contexts)
+    return Loaded(path, obj, is_zip, False, contexts)
+
+
+# --------------------------------------------------------------------------- integrity
+def check_zip_crc(path: Path, progress: Progress | None = None) -> None:
+    """Read every record of a zip-format torch file and check its CRC-32.
+
+    ``torch.load`` does not check them, so flipped bytes inside a tensor load silently.
+    Plain reads through a small buffer: this costs no resident memory.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as record:
+                    while chunk := record.read(16 * 2**20):
+                        if progress is not None:
+                            progress.advance(len(chunk))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{path}: corrupt torch file ({err}); it was not converted") from None
+
+
+# --------------------------------------------------------------------------- containers
+def is_state_dict(value: object) -> bool:
+    if not isinstance(value, Mapping) or not value:
+        return False
+    keys_ok = all(isinstance(k, str) for k in value)
+    values = list(value.values())
+    return (
+        keys_ok
+        and any(isinstance(v, torch.Tensor) for v in values)
+        and not any(isinstance(v, Mapping) for v in values)
+    )
+
+
+def state_dicts(obj: Any) -> list[tuple[Location, Mapping[str, Any]]]:
+    """The state_dicts in a loaded object: itself, or its values one level down."""
+    if is_state_dict(obj):
+        return [((), obj)]
+    if isinstance(obj, Mapping):
+        return [((str(k),), v) for k, v in obj.items() if is_state_dict(v)]
+    return []
+
+
+def where(location: Location) -> str:
+    return "" if not location else f"[{location[0]!r}] "
+
+
+def plan(loaded: Loaded, output_dtypes: object) -> list[tuple[Location, UpgradeReport]]:
+    found = state_dicts(loaded.obj)
+    if not found:
+        raise CheckpointError(
+            f"{loaded.path}: no state_dict found (the file holds a {type(loaded.obj).__name__}; "
+            "expected a "
+            f"mapping of names to tensors, or a dict holding such mappings)"
+        )
+    plans = []
+    for location, sd in found:
+        keys = [k for k, v in sd.items() if isinstance(v, torch.Tensor)]
+        release = loaded.releaser.release if loaded.releaser is not None else None
+        try:
+            access = DictAccess(sd, release)
+            report = plan_state_dict(
+                keys, access, output_dtypes, modules=loaded.contexts.get(location)
+            )
+        except CheckpointError as err:
+            if not location:
+                raise
+            raise CheckpointError([f"{where(location)}{p}" for p in err.problems]) from None
+        plans.append((location, report))
+    return plans
+
+
+def apply(
+    obj: Any, plans: list[tuple[Location, UpgradeReport]], releaser: PageReleaser | None = None
+) -> Any:
+    """The upgraded object (the input is not modified; unchanged tensors are shared)."""
+    release = releaser.release if releaser is not None else None
+    for location, report in plans:
+        if not location:
+            return apply_report(obj, report, release)
+    out = type(obj)(obj) if isinstance(obj, dict) else dict(obj)
+    for location, report in plans:
+        out[location[0]] = apply_report(obj[location[0]], report, release)
+    return out
+
+
+# --------------------------------------------------------------------------- saving
+class _ReleasingWriter:
+    """Forwards to torch's zip writer; after each tensor record, releases the source
+    pages just read and advances the progress bar."""
+
+    def __init__(
+        self, inner: Any, releaser: PageReleaser | None, progress: Progress | None
+    ) -> None:
+        self._inner = inner
+        self._releaser = releaser
+        self._progress = progress
+
+    def write_record(self, name: str, data: Any, nbytes: int) -> None:
+        self._inner.write_record(name, data, nbytes)
+        if isinstance(data, torch.UntypedStorage):
+            if self._releaser is not None:
+                self._releaser.release(data)
+            if self._progress is not None:
+                self._progress.advance(nbytes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _private_save() -> Any:
+    """torch's ``_save(obj, zip_file, pickle_module, protocol, disable_byteorder)`` if it
+    has the signature this module was written against, else None (plain torch.save)."""
+    func = getattr(torch.serialization, "_save", None)
+    opener = getattr(torch.serialization, "_open_zipfile_writer", None)
+    if func is None or opener is None:
+        return None
+    try:
+        params = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return None
+    return (
+        func
+        if params
+        == ["obj", "zip_file", "pickle_module", "pickle_protocol", "_disable_byteorder_record"]
+        else None
+    )
+
+
+def save(
+    obj: Any, out: IO[bytes], *, releaser: PageReleaser | None, progress: Progress | None
+) -> None:
+    """``torch.save(obj, out)`` (zip format), releasing source pages as it goes."""
+    func = _private_save()
+    if func is None:
+        torch.save(obj, out)
+        return
+    with torch.serialization._open_zipfile_writer(out) as zip_file:
+        func(
+            obj,
+            _ReleasingWriter(zip_file, releaser, progress),
+            pickle,
+            torch.serialization.DEFAULT_PROTOCOL,
+            False,
+        )
+
+
+# --------------------------------------------------------------------------- verification
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    view = t.detach().cpu().view(_INT_VIEW[t.element_size()])
+    return view.numpy()
+
+
+def _flat_chunks(t: torch.Tensor) -> Iterator[torch.Tensor]:
+    flat = t.reshape(-1)
+    for start in range(0, flat.numel(), CHUNK_ELEMENTS):
+        yield flat[start : start + CHUNK_ELEMENTS]
+
+
+def documented_transformation_holds(
+    action: str, source: torch.Tensor, result: torch.Tensor
+) -> bool:
+    """Check ``result`` against the documented transformation of ``source``, independently
+    of the code that produced it (docs/checkpoints.md)."""
+    if source.shape != result.shape:
+        return False
+    if action == RESTORE:  # int8 values equal to the float values, element by element
+        if result.dtype != torch.int8:
+            return False
+        return all(
+            bool(torch.equal(r.to(s.dtype), s))
+            for s, r in zip(_flat_chunks(source), _flat_chunks(result), strict=True)
+        )
+    if action == DECODE:  # float32 whose bits are bits 0-31 of the param with bits 0-12 cleared
+        if source.dtype != torch.int64 or result.dtype != torch.float32:
+            return False
+        expected = (source.cpu().numpy().astype(np.uint64) & np.uint64(0xFFFFE000)).astype(
+            np.uint32
+        )
+        return bool(np.array_equal(expected, result.cpu().numpy().view(np.uint32)))
+    return False
+
+
+class _Verifier:
+    def __init__(
+        self,
+        src_releaser: PageReleaser | None,
+        dst_releaser: PageReleaser,
+        progress: Progress | None,
+    ) -> None:
+        self.src_releaser = src_releaser
+        self.dst_releaser = dst_releaser
+        self.progress = progress
+
+    def release(self, *tensors: torch.Tensor) -> None:
+        for t in tensors:
+            if self.src_releaser is not None:
+                self.src_releaser.release(t)
+            self.dst_releaser.release(t)
+
+    def tensor(self, name: str, want: torch.Tensor, got: torch.Tensor) -> None:
+        if want.dtype != got.dtype or want.shape != got.shape:
+            raise CheckpointError(
+                f"verification failed: {name!r} was written as {got.dtype} {tuple(got.shape)}, "
+                f"expected {want.dtype} {tuple(want.shape)}"
+            )
+        same = bool(np.array_equal(_bits(want), _bits(got)))
+        self.release(want, got)
+        if self.progress is not None:
+            self.progress.advance(got.numel() * got.element_size())
+        if not same:
+            raise CheckpointError(
+                f"verification failed: {name!r} differs from the source after writing"
+            )
+
+    def value(self, name: str, want: Any, got: Any) -> None:
+        if isinstance(want, torch.Tensor):
+            if not isinstance(got, torch.Tensor):
+                raise CheckpointError(
+                    f"verification failed: {name!r} is a {type(got).__name__}, expected a tensor"
+                )
+            self.tensor(name, want, got)
+        elif isinstance(want, Mapping):
+            if not isinstance(got, Mapping) or list(want.keys()) != list(got.keys()):
+                raise CheckpointError(
+                    f"verification failed: the keys of {name or 'the file'!r} differ after writing"
+                )
+            if getattr(want, "_metadata", None) != getattr(got, "_metadata", None):
+                raise CheckpointError(
+                    f"verification failed: the _metadata of {name or 'the file'!r} differs after "
+                    "writing"
+                )
+            for key in want:
+                self.value(f"{name}/{key}" if name else str(key), want[key], got[key])
+        elif isinstance(want, (list, tuple)):
+            if type(want) is not type(got) or len(want) != len(got):
+                raise CheckpointError(f"verification failed: {name!r} differs after writing")
+            for i, (a, b) in enumerate(zip(want, got, strict=True)):
+                self.value(f"{name}[{i}]", a, b)
+        else:
+            same_nan = (
+                isinstance(want, float) and isinstance(got, float) and want != want and got != got
+            )
+            if not (want == got or same_nan):
+                raise CheckpointError(f"verification failed: {name!r} differs after writing")
+
+
+def verify(
+    written: Path,
+    expected: Any,
+    source: Any,
+    plans: list[tuple[Location, UpgradeReport]],
+    *,
+    src_releaser: PageReleaser | None,
+    progress: Progress | None,
+) -> None:
+    """Reload ``written`` and check it tensor by tensor.
+
+    Every tensor must be bit-identical to ``expected`` (the upgraded object, whose
+    unchanged tensors are the source's own); every transformed tensor must also equal
+    the documented transformation of its source tensor.
+    """
+    try:
+        got = _quiet_load(written, weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"verification failed: the written file does not load ({type(err).__name__}: "
+            f"{_last_line(err)})"
+        ) from None
+    checker = _Verifier(src_releaser, PageReleaser(written), progress)
+    checker.value("", expected, got)
+    for location, report in plans:
+        src_sd = source[location[0]] if location else source
+        got_sd = got[location[0]] if location else got
+        for change in report.changes:
+            src_t, got_t = src_sd[change.key], got_sd[change.key]
+            ok = documented_transformation_holds(change.action, src_t, got_t)
+            checker.release(src_t, got_t)
+            if not ok:
+                raise CheckpointError(
+                    f"verification failed: {where(location)}{change.key!r} is not the documented "
+                    f"{change.action} form of the source tensor"
+                )
+    del got
+    with contextlib.suppress(Exception):
+        import gc
+
+        gc.collect()

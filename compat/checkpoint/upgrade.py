@@ -1,0 +1,324 @@
+"""``compat.upgrade_state_dict`` and ``compat.upgrade_report``: whole-model state_dicts.
+
+A quant linear is found by prefix: a leaf group of keys ``<prefix>weight`` (2-D) and
+``<prefix>scale`` (1-D) whose other direct keys are among ``offset``, ``pertoken_scale``
+and ``bias``. A group counts as a quant linear when something in it says so (an int8 or
+int32 weight, an int64 scale, an int32 bias, an ``offset`` or ``pertoken_scale`` key, or
+a float scale holding a destroyed int64 param) or when ``output_dtypes`` names it; a
+float weight with a float scale and nothing else is ambiguous (it may be a float layer
+that happens to use these names) and is reported as skipped, never changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from compat.checkpoint._rules import (
+    FLOAT_WEIGHT_DTYPES,
+    NAMES,
+    OUTPUT_DTYPES,
+    Access,
+    Context,
+    DictAccess,
+    GroupPlan,
+    KeyChange,
+    _destroyed_index,
+    apply,
+    plan_group,
+)
+from compat.checkpoint.errors import CheckpointError
+from compat.ops._checks import allowed, dtype_name
+
+OutputDtypes = Mapping[str, "torch.dtype | None"] | torch.dtype | None
+
+
+@dataclass(frozen=True)
+class UpgradeReport:
+    """What :func:`upgrade_state_dict` does to a state_dict, per key, and why."""
+
+    groups: tuple[GroupPlan, ...]
+    skipped: tuple[tuple[str, str], ...]
+    other_keys: int
+
+    @property
+    def changed(self) -> bool:
+        """Whether upgrading changes anything (False: already current)."""
+        return any(g.changed for g in self.groups)
+
+    @property
+    def changes(self) -> tuple[KeyChange, ...]:
+        """The keys whose tensor is transformed."""
+        return tuple(k for g in self.groups for k in g.keys if k.changed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form (``python -m compat upgrade --json``)."""
+        return {
+            "changed": self.changed,
+            "quant_linears": len(self.groups),
+            "other_keys": self.other_keys,
+            "groups": [g.to_dict() for g in self.groups],
+            "skipped": [{"module": p, "reason": r} for p, r in self.skipped],
+        }
+
+    def __str__(self) -> str:
+        changed = sum(1 for g in self.groups if g.changed)
+        lines = [
+            f"{len(self.groups)} quant linear(s), {changed} to upgrade, "
+            f"{len(self.changes)} tensor(s) transformed; {self.other_keys} other key(s) untouched"
+        ]
+        for g in self.groups:
+            lines.append(
+                f"  {g.module or '<root>'} [{'+'.join(g.formats) or '-'}] "
+                f"output_dtype={g.output_dtype}"
+            )
+            for k in g.keys:
+                if k.changed:
+                    lines.append(f"    {k.name}: {k.before} -> {k.after}  {k.action}: {k.reason}")
+                else:
+                    lines.append(
+                        f"    {k.name}: {k.before}  unchanged"
+                        + (f" ({k.reason})" if k.reason else "")
+                    )
+            lines.extend(f"    note: {note}" for note in g.notes)
+        lines.extend(f"  skipped {p or '<root>'}: {r}" for p, r in self.skipped)
+        return "\n".join(lines)
+
+
+def merge_reports(reports: Iterable[UpgradeReport]) -> UpgradeReport:
+    items = list(reports)
+    return UpgradeReport(
+        groups=tuple(g for r in items for g in r.groups),
+        skipped=tuple(s for r in items for s in r.skipped),
+        other_keys=sum(r.other_keys for r in items),
+    )
+
+
+# --------------------------------------------------------------------------- arguments
+def _check_output_dtype(where: str, value: object) -> torch.dtype:
+    if value is None:
+        return torch.int8  # a module's output_dtype=None means int8
+    if not isinstance(value, torch.dtype) or value not in OUTPUT_DTYPES:
+        raise ValueError(
+            f"upgrade_state_dict: {where} is {value!r}; allowed: {allowed(OUTPUT_DTYPES)}, None (= "
+            "torch.int8)"
+        )
+    return value
+
+
+def normalize_output_dtypes(
+    output_dtypes: object,
+) -> tuple[torch.dtype | None, dict[str, torch.dtype]]:
+    """``(default for every group or None, {module name: dtype})``."""
+    if output_dtypes is None:
+        return None, {}
+    if isinstance(output_dtypes, torch.dtype):
+        return _check_output_dtype("argument 'output_dtypes'", output_dtypes), {}
+    if not isinstance(output_dtypes, Mapping):
+        raise TypeError(
+            "upgrade_state_dict: argument 'output_dtypes' must be None, a torch.dtype or a "
+            "mapping "
+            f"module name -> dtype, got {type(output_dtypes).__name__}"
+        )
+    per: dict[str, torch.dtype] = {}
+    for name, value in output_dtypes.items():
+        if not isinstance(name, str):
+            raise TypeError(
+                f"upgrade_state_dict: output_dtypes keys must be module names (str), got {name!r}"
+            )
+        per[name.rstrip(".")] = _check_output_dtype(f"output_dtypes[{name!r}]", value)
+    return None, per
+
+
+# --------------------------------------------------------------------------- discovery
+def _split(key: str) -> tuple[str, str]:
+    head, dot, name = key.rpartition(".")
+    return head + dot, name
+
+
+def candidate_groups(keys: Iterable[str], spec_of: Access) -> tuple[dict[str, dict[str, str]], int]:
+    """Leaf groups holding a 2-D ``weight`` and a 1-D ``scale`` and nothing but NAMES.
+
+    Returns ``({prefix: {name: key}}, number of keys outside every candidate)``.
+    """
+    by_prefix: dict[str, dict[str, str]] = {}
+    parents: set[str] = set()
+    total = 0
+    for key in keys:
+        total += 1
+        prefix, name = _split(key)
+        by_prefix.setdefault(prefix, {})[name] = key
+        ancestor = prefix
+        while ancestor:  # "a.b." has ancestors "a." and "" (the root)
+            ancestor = _split(ancestor[:-1])[0]
+            parents.add(ancestor)
+    groups: dict[str, dict[str, str]] = {}
+    for prefix, names in by_prefix.items():
+        if prefix in parents or "weight" not in names or "scale" not in names:
+            continue
+        if not set(names) <= set(NAMES):
+            continue
+        if (
+            len(spec_of.spec(names["weight"]).shape) != 2
+            or len(spec_of.spec(names["scale"]).shape) != 1
+        ):
+            continue
+        groups[prefix] = {n: names[n] for n in NAMES if n in names}
+    covered = sum(len(g) for g in groups.values())
+    return groups, total - covered
+
+
+def _evidence(names: Mapping[str, str], access: Access) -> bool:
+    weight = access.spec(names["weight"])
+    scale = access.spec(names["scale"])
+    if weight.dtype in (torch.int8, torch.int32) or scale.dtype == torch.int64:
+        return True
+    if "offset" in names or "pertoken_scale" in names:
+        return True
+    if "bias" in names and access.spec(names["bias"]).dtype == torch.int32:
+        return True
+    if scale.dtype.is_floating_point and not access.is_meta(names["scale"]):
+        return _destroyed_index(access.tensor(names["scale"])) is not None
+    return False
+
+
+# --------------------------------------------------------------------------- planning
+def plan_state_dict(
+    keys: Iterable[str],
+    access: Access,
+    output_dtypes: object = None,
+    *,
+    modules: Mapping[str, Context] | None = None,
+) -> UpgradeReport:
+    """Plan the upgrade of a whole state_dict; raise one :class:`CheckpointError` for all problems.
+
+    ``modules`` maps module names to a known :class:`Context` (from module objects, e.g.
+    an unpickled model); they take precedence over ``output_dtypes``.
+    """
+    default, per = normalize_output_dtypes(output_dtypes)
+    known = dict(modules or {})
+    key_list = [k for k in keys if isinstance(k, str)]
+    groups, other = candidate_groups(key_list, access)
+    names_found = {p.rstrip("."): p for p in groups}
+    unknown = sorted(set(per) - set(names_found))
+    if unknown:
+        listed = ", ".join(repr(n) for n in sorted(names_found)) or "none"
+        raise ValueError(
+            f"upgrade_state_dict: output_dtypes names {', '.join(map(repr, unknown))}, which is "
+            "not a "
+            f"quant linear in this state_dict; quant linears found: {listed}"
+        )
+    problems: list[str] = []
+    plans: list[GroupPlan] = []
+    skipped: list[tuple[str, str]] = []
+    for prefix, names in groups.items():
+        module = prefix.rstrip(".")
+        ctx = known.get(module)
+        if ctx is None:
+            out = per.get(module, default)
+            declared = module in per
+            ctx = Context(output_dtype=out, source="given" if out is not None else "unknown")
+        else:
+            declared = True
+        if not declared and not _evidence(names, access):
+            weight = access.spec(names["weight"])
+            if weight.dtype in FLOAT_WEIGHT_DTYPES:
+                skipped.append(
+                    (
+                        module,
+                        f"float weight ({dtype_name(weight.dtype)}) and float scale without an "
+                        "int32 bias, "
+                        "offset or int64 scale: possibly a float layer, so it was left alone; if "
+                        "it is "
+                        f"a quant linear (F4, bias=False), name it in output_dtypes (CLI: "
+                        f"--output-dtype {module or '<root>'}=DTYPE)",
+                    )
+                )
+                other += len(names)
+                continue
+        plans.append(plan_group(prefix, names, access, ctx, problems))
+    if problems:
+        raise CheckpointError(problems)
+    return UpgradeReport(tuple(plans), tuple(skipped), other)
+
+
+def _tensor_keys(state_dict: Mapping[Any, Any]) -> list[str]:
+    return [k for k, v in state_dict.items() if isinstance(k, str) and isinstance(v, torch.Tensor)]
+
+
+def _check_mapping(state_dict: object) -> Mapping[Any, Any]:
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            "argument 'state_dict' must be a mapping of names to tensors, got "
+            f"{type(state_dict).__name__}"
+        )
+    return state_dict
+
+
+def upgrade_report(
+    state_dict: Mapping[str, Any], *, output_dtypes: OutputDtypes = None
+) -> UpgradeReport:
+    """List, per key, what :func:`upgrade_state_dict` would change and why.
+
+    Raises :class:`CheckpointError` (naming every unrecoverable key) exactly when
+    :func:`upgrade_state_dict` would. Reads values where the decision depends on them
+    (float weights, scales, offsets); never modifies anything.
+    """
+    sd = _check_mapping(state_dict)
+    return plan_state_dict(_tensor_keys(sd), DictAccess(sd), output_dtypes)
+
+
+def apply_report(
+    state_dict: Mapping[Any, Any],
+    report: UpgradeReport,
+    release: Callable[[torch.Tensor], None] | None = None,
+) -> dict[Any, Any]:
+    """A new state_dict with the report's transformations applied (input untouched).
+
+    ``release`` is called on each transformed source tensor once it has been read.
+    """
+    by_key = {k.key: k for g in report.groups for k in g.keys if k.changed}
+    out: OrderedDict[Any, Any] = OrderedDict()
+    for key, value in state_dict.items():
+        change = by_key.get(key)
+        if change is None:
+            out[key] = value
+            continue
+        out[key] = apply(change, value)
+        if release is not None:
+            release(value)
+    metadata = getattr(state_dict, "_metadata", None)
+    if isinstance(metadata, Mapping):
+        new_meta = copy.deepcopy(dict(metadata))
+        from compat.checkpoint._hook import FORMAT_VERSION
+
+        for g in report.groups:
+            entry = new_meta.setdefault(g.module, {})
+            if isinstance(entry, dict):
+                entry["version"] = FORMAT_VERSION
+        out._metadata = OrderedDict(new_meta)  # type: ignore[attr-defined]
+    return out
+
+
+def upgrade_state_dict(
+    state_dict: Mapping[str, Any], *, output_dtypes: OutputDtypes = None
+) -> dict[str, Any]:
+    """Return ``state_dict`` upgraded to the current format; the input is not modified.
+
+    Finds every quant linear by prefix (whole-model state_dicts work) and upgrades the
+    legacy formats F1-F4 (see docs/checkpoints.md). ``output_dtypes`` tells the output
+    dtype of the modules, which a state_dict does not record: a dtype for all of them or
+    ``{module name: dtype}`` (``None`` = int8). It matters only for torchair's int64
+    scales (F2), which are kept unless the output needs a float scale (bfloat16, int32 or
+    pertoken): then they are decoded exactly. Unchanged tensors are shared, not copied;
+    ``_metadata`` is carried over with the upgraded modules' version set. Idempotent.
+    Raises :class:`CheckpointError` for anything illegal or unrecoverable.
+    """
+    sd = _check_mapping(state_dict)
+    report = plan_state_dict(_tensor_keys(sd), DictAccess(sd), output_dtypes)
+    return apply_report(sd, report)

@@ -1,0 +1,157 @@
+"""``python -m compat upgrade SRC [DST]``: convert legacy checkpoints offline (CPU only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = (
+    "upgrade legacy LinearA8W8Quant/LinearQuant checkpoints (torch, safetensors, sharded) to the "
+    "current format, atomically and verified"
+)
+
+_EPILOG = """\
+SRC is a torch file (.pt/.pth/.bin, zip or legacy serialization), a .safetensors file,
+or a Hugging Face sharded checkpoint (its directory or *.index.json; DST is then a
+directory). The source is never modified unless --in-place (which keeps SRC.bak and
+never overwrites an existing backup). Output is written to a temporary file, fsynced,
+verified by reloading and then moved into place. See docs/checkpoints.md.
+
+exit codes: 0 converted or already current (dry run: convertible), 1 conversion error
+(message on stderr, or in the --json report), 2 usage error.
+"""
+
+_DTYPES = {
+    "int8": "int8",
+    "none": "int8",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "int32": "int32",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG
+    parser.add_argument("src", metavar="SRC", help="the legacy checkpoint")
+    parser.add_argument(
+        "dst", metavar="DST", nargs="?", help="where to write the upgraded checkpoint"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="report what would change; write nothing"
+    )
+    parser.add_argument(
+        "--in-place", action="store_true", help="replace SRC, keeping SRC.bak (never overwritten)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print a machine-readable report on stdout"
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow whole-module pickles (torch.save(model)); unpickling can run arbitrary "
+        "code, so use it only for files whose origin you trust",
+    )
+    parser.add_argument(
+        "--output-dtype",
+        action="append",
+        default=[],
+        metavar="[MODULE=]DTYPE",
+        help="output dtype of the quant linears (int8, float16, bfloat16, int32), which a "
+        "state_dict does not record: one DTYPE for all, or MODULE=DTYPE per module (repeatable). "
+        "Needed only to decode torchair int64 scales for bfloat16/int32 output, or to declare an "
+        "ambiguous float-weight module a quant linear",
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr (auto: on a terminal, for large or multi-shard checkpoints)",
+    )
+
+
+def _output_dtypes(values: list[str]) -> Any:
+    import torch
+
+    default = None
+    per: dict[str, torch.dtype] = {}
+    for value in values:
+        module, _, name = value.rpartition("=")
+        key = _DTYPES.get(name.strip().lower())
+        if key is None:
+            raise ValueError(
+                f"--output-dtype {value!r}: unknown dtype {name!r}; allowed: int8, float16, "
+                "bfloat16, int32"
+            )
+        dtype = getattr(torch, key)
+        if "=" in value:
+            per[module] = dtype
+        elif default is not None:
+            raise ValueError("--output-dtype DTYPE (for all modules) given twice")
+        else:
+            default = dtype
+    if default is not None and per:
+        raise ValueError(
+            "give either one --output-dtype DTYPE for all modules or MODULE=DTYPE entries, not both"
+        )
+    return per or default
+
+
+def _fail(args: argparse.Namespace, code: int, message: str, problems: tuple[str, ...] = ()) -> int:
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "source": args.src,
+                    "status": "error",
+                    "exit_code": code,
+                    "error": message,
+                    "problems": list(problems),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(f"upgrade: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    from compat._torchload import ensure_torch
+
+    ensure_torch()
+    from compat.checkpoint.converter import Request, UsageError, convert
+    from compat.checkpoint.errors import CheckpointError
+
+    try:
+        output_dtypes = _output_dtypes(args.output_dtype)
+    except ValueError as err:
+        return _fail(args, 2, str(err))
+    request = Request(
+        src=Path(args.src),
+        dst=None if args.dst is None else Path(args.dst),
+        dry_run=args.dry_run,
+        in_place=args.in_place,
+        trust_pickle=args.trust_pickle,
+        output_dtypes=output_dtypes,
+        progress=args.progress,
+    )
+    try:
+        result = convert(request)
+    except UsageError as err:
+        return _fail(args, 2, str(err))
+    except CheckpointError as err:
+        return _fail(args, 1, str(err), err.problems)
+    except ValueError as err:  # e.g. output_dtypes naming a module that is not there
+        return _fail(args, 2, str(err))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result)
+    return 0
