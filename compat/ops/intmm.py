@@ -158,9 +158,11 @@ def _blocked_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     m, k = a.shape
     n = b.shape[1]
+    cols = block_cols(k, n)
+    if k <= FLOAT32_EXACT_CHUNK and cols == n:  # one block, one chunk: fewest ops
+        return torch.mm(a.to(torch.float32), b.to(torch.float32)).to(torch.int32)
     af = a.to(torch.float32)
     out = torch.empty((m, n), dtype=torch.int32, device=a.device)
-    cols = block_cols(k, n)
     k_major = b.stride(0) == 1 and b.stride(1) != 1  # a .t() view of a contiguous (n, k)
     if k_major:
         buf = torch.empty((cols, k), dtype=torch.float32, device=a.device).t()
