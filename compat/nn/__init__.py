@@ -1,4 +1,4 @@
-"""Modules: :class:`LinearQuant` (and, in later releases, the legacy adapter)."""
+"""Modules: :class:`LinearQuant` and the deprecated :class:`LinearA8W8Quant` adapter."""
 
 from compat._torchload import ensure_torch
 
