@@ -10,7 +10,6 @@ Ratios < 1 mean compat is faster than the baseline.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -18,17 +17,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _timing import median_ms
+from bench_quant_matmul import shape_parser
 
 import compat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--k", type=int, default=4096)
-    parser.add_argument("--n", type=int, default=4096)
-    parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 128, 512])
+    parser = shape_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=11)
     args = parser.parse_args()
     k, n = args.k, args.n

@@ -76,12 +76,20 @@ def _sample(fn: Fn, count: int, patience: int) -> float:
 def interleaved_ms(
     fns: dict[str, Fn], *, rounds: int = 5, min_time: float = 0.05, patience: int = 10
 ) -> dict[str, float]:
-    """Median wall time (ms) of each function, sampled round-robin.
+    """Median wall time (ms) of each function over :func:`interleaved_samples`."""
+    samples = interleaved_samples(fns, rounds=rounds, min_time=min_time, patience=patience)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def interleaved_samples(
+    fns: dict[str, Fn], *, rounds: int = 5, min_time: float = 0.05, patience: int = 10
+) -> dict[str, list[float]]:
+    """Wall times (ms) of each function, one sample per round, sampled round-robin.
 
     The machines these run on are shared and noisy: interleaving puts every candidate
-    under the same background load, a sample during which other processes used the CPU
-    is taken again (up to ``patience`` times; Linux only), and the median drops the
-    remaining outliers. Each sample repeats a function until it lasts ``min_time``.
+    under the same background load, and a sample during which other processes used the
+    CPU is taken again (up to ``patience`` times; Linux only). Each sample repeats a
+    function until it lasts ``min_time`` seconds.
     """
     inner: dict[str, int] = {}
     for name, fn in fns.items():
@@ -99,7 +107,7 @@ def interleaved_ms(
     for _ in range(rounds):
         for name, fn in fns.items():
             samples[name].append(_sample(fn, inner[name], patience) * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def machine_line() -> str:
@@ -137,17 +145,24 @@ class Fbgemm:
         return out
 
 
-def _row(cells: list[str]) -> str:
+def row(cells: list[str]) -> str:
+    """One markdown table row."""
     return "| " + " | ".join(cells) + " |"
 
 
-def main() -> None:
+def shape_parser(doc: str | None) -> argparse.ArgumentParser:
+    """Argument parser with the issue's problem sizes: --k, --n (4096) and --m."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--k", type=int, default=4096)
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 128, 512])
+    return parser
+
+
+def main() -> None:
+    parser = shape_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--kernel", choices=intmm.CPU_KERNELS, default=None)
@@ -178,7 +193,7 @@ def main() -> None:
 
     print("A8W8 -> float16, per-channel float32 scale, int32 bias")
     print(
-        _row(
+        row(
             [
                 "m",
                 "compat",
@@ -193,7 +208,7 @@ def main() -> None:
             ]
         )
     )
-    print(_row(["---"] * 10))
+    print(row(["---"] * 10))
     for m in args.m:
         x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
         x_f = x.float()
@@ -211,7 +226,7 @@ def main() -> None:
         t_int = t.get("_int_mm", float("nan"))
         best = min(t_int, t["fbgemm"]) if "_int_mm" in t else t["fbgemm"]
         print(
-            _row(
+            row(
                 [
                     str(m),
                     f"{t['compat']:.3f}",
@@ -230,7 +245,7 @@ def main() -> None:
 
     print("\n2-D against batched 3-D input (float16 output), batch 4")
     print(
-        _row(
+        row(
             [
                 "m (total rows)",
                 "2-D x",
@@ -241,7 +256,7 @@ def main() -> None:
             ]
         )
     )
-    print(_row(["---"] * 6))
+    print(row(["---"] * 6))
     w_t3 = w_t.expand(4, k, n)  # a batched x2 (same weight per batch, no copy)
     for m in args.m:
         if m % 4:
@@ -263,7 +278,7 @@ def main() -> None:
             rounds=args.rounds,
         )
         print(
-            _row(
+            row(
                 [
                     str(m),
                     f"{t['2d']:.3f}",
@@ -277,8 +292,8 @@ def main() -> None:
         )
 
     print("\nint8 output (int64 scale with folded offset, int32 bias) against float16 output")
-    print(_row(["m", "int8 out", "float16 out", "int8 / float16", "int8 / kernel"]))
-    print(_row(["---"] * 5))
+    print(row(["m", "int8 out", "float16 out", "int8 / float16", "int8 / kernel"]))
+    print(row(["---"] * 5))
     for m in args.m:
         x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
         t = interleaved_ms(
@@ -292,7 +307,7 @@ def main() -> None:
             rounds=args.rounds,
         )
         print(
-            _row(
+            row(
                 [
                     str(m),
                     f"{t['int8']:.3f}",
