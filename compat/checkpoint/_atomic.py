@@ -107,7 +107,7 @@ def make_backup(path: Path) -> Path:
     if bak.exists() or bak.is_symlink():
         raise CheckpointError(
             f"backup {bak} already exists and is never overwritten; move it away (or restore it) "
-            f"and run again"
+            "and run again"
         )
     try:
         os.link(path, bak)

@@ -93,33 +93,19 @@ def load_linear_quant_state(
     default_load(
         state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     )
-    _pertoken_rules(module, state_dict, prefix, strict, missing_keys, error_msgs)
+    _pertoken_rules(module, prefix, missing_keys)
 
 
-def _pertoken_rules(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    strict: bool,
-    missing_keys: list[str],
-    error_msgs: list[str],
-) -> None:
+def _pertoken_rules(module: nn.Module, prefix: str, missing_keys: list[str]) -> None:
     """``pertoken_scale`` is per-call data, not a weight (docs/checkpoints.md).
 
     Module with pertoken, checkpoint without: not a missing key; the module keeps its
-    tensor (assign the ``(m,)`` scale of each batch before calling it). Checkpoint with
-    pertoken, module without: the checkpoint's module ran the pertoken path, so under
-    ``strict=True`` this is an error that says so; ``strict=False`` ignores the key.
+    tensor (assign the ``(m,)`` scale of each batch before calling it). The reverse, a
+    checkpoint with pertoken into a module without it, is PyTorch's unexpected key: an
+    error under ``strict=True`` (the checkpoint's module ran the pertoken path), ignored
+    under ``strict=False``. (PyTorch always passes strict=True to
+    ``_load_from_state_dict`` and applies the caller's ``strict`` afterwards.)
     """
     key = prefix + "pertoken_scale"
-    has_param = getattr(module, "pertoken_scale", None) is not None
-    if has_param and key in missing_keys:
+    if getattr(module, "pertoken_scale", None) is not None and key in missing_keys:
         missing_keys.remove(key)
-    if strict and not has_param and key in state_dict:
-        error_msgs.append(
-            f"{key!r} is in the checkpoint, but this {type(module).__name__} was built with "
-            f"pertoken_scale=False: the checkpoint comes from a module that ran the pertoken path "
-            f"(float scale, no offset). Build the module with pertoken_scale=True, or load with "
-            f"strict=False to ignore the saved pertoken_scale (it is per-call data: upstream saves "
-            f"an (out_features,) placeholder)"
-        )

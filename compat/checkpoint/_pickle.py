@@ -50,7 +50,7 @@ class RedirectingUnpickler(pickle.Unpickler):
                 raise pickle.UnpicklingError(
                     f"the pickle needs {module}.{name}, which compat has no replacement for "
                     f"(compat provides {', '.join(sorted(REDIRECTS))}); load the file where "
-                    f"torch_npu is installed and save model.state_dict() instead"
+                    "torch_npu is installed and save model.state_dict() instead"
                 )
             import importlib
 
@@ -98,29 +98,26 @@ def refusal_message(path: Path, names: list[str]) -> str:
     text = (
         f"{path}: refusing to unpickle it: the file holds pickled Python objects, not only tensors "
         f"(it needs {listed}), and unpickling them can run arbitrary code, so it is loaded with "
-        f"weights_only=True only."
+        "weights_only=True only."
     )
     if any(
         n.startswith(UPSTREAM_PACKAGE + ".") or n.startswith(UPSTREAM_PACKAGE + " ") for n in names
     ):
         text += (
             " This is a whole-module pickle (torch.save(model)) of torch_npu's modules. If you "
-            "trust "
-            "where the file comes from, pass --trust-pickle (API: trust_pickle=True): torch_npu's "
-            "classes are then redirected to compat's, torch_npu is not needed, and the result is "
-            "saved as a state_dict."
+            "trust where the file comes from, pass --trust-pickle (API: trust_pickle=True): "
+            "torch_npu's classes are then redirected to compat's, torch_npu is not needed, and "
+            "the result is saved as a state_dict."
         )
     else:
         text += (
             " If you trust where the file comes from, pass --trust-pickle (API: "
-            "trust_pickle=True); "
-            "the result is saved as a state_dict."
+            "trust_pickle=True); the result is saved as a state_dict."
         )
     dangerous = [n for n in names if n.split(".", 1)[0] in _DANGEROUS]
     if dangerous:
         text += (
             f" Warning: {', '.join(dangerous)} {'is' if len(dangerous) == 1 else 'are'} not a "
-            "model "
-            f"class but a way to run commands: do not trust this file."
+            "model class but a way to run commands: do not trust this file."
         )
     return text

@@ -22,6 +22,15 @@ class Progress:
         self._last = 0.0
         self._drawn = False
 
+    def retotal(self, total: int) -> None:
+        """Set the total once it is known (after planning)."""
+        self.total = max(total, self.done, 1)
+
+    def finish(self) -> None:
+        """Mark the work complete (drawn as 100%)."""
+        self.done = self.total
+        self._draw(force=True)
+
     def phase(self, label: str) -> None:
         self.label = label
         self._draw(force=True)
@@ -40,15 +49,13 @@ class Progress:
         filled = int(_WIDTH * self.done / self.total)
         bar = "#" * filled + "-" * (_WIDTH - filled)
         percent = 100 * self.done // self.total
-        self.stream.write(
-            f"\r{self.label:<10} [{bar}] {percent:3d}%  "
-            f"{self.done / _MIB:.0f}/{self.total / _MIB:.0f} MiB"
-        )
+        unit, size = ("MiB", _MIB) if self.total >= 10 * _MIB else ("KiB", 1024)
+        amount = f"{self.done / size:.0f}/{self.total / size:.0f} {unit}"
+        self.stream.write(f"\r{self.label:<10} [{bar}] {percent:3d}%  {amount}")
         self.stream.flush()
         self._drawn = True
 
     def close(self) -> None:
         if self.enabled and self._drawn:
-            self._draw(force=True)
             self.stream.write("\n")
             self.stream.flush()

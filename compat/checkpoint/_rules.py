@@ -253,8 +253,8 @@ def _value_text(values: torch.Tensor, index: int) -> str:
 
 _HALF_HINT = (
     " (a float16/bfloat16 copy of a float32 parameter usually comes from model.half() or "
-    ".to(torch.bfloat16) after a plain load into upstream's module; the float32 values are "
-    "lost: re-export from the original checkpoint)"
+    ".to(torch.bfloat16) after a plain load into upstream's module; the float32 values are lost: "
+    "re-export from the original checkpoint)"
 )
 
 
@@ -393,11 +393,10 @@ def _plan_weight(g: _Group) -> torch.dtype | None:
         g.problem(
             "weight",
             f"dtype {dtype_name(spec.dtype)} holds {value!r} at index "
-            f"{_unravel(index, spec.shape)}, "
-            f"which is not an integer in [-128, 127]: it is not the float image of an int8 weight "
-            f"(legacy F4) and cannot be restored; allowed: torch.int8, torch.int32 (A4W4), or a "
-            f"float tensor holding only integers in [-128, 127]. An A4W4 int32 weight that went "
-            f"through float32 has lost bits: re-export it",
+            f"{_unravel(index, spec.shape)}, which is not an integer in [-128, 127]: it is not the "
+            "float image of an int8 weight (legacy F4) and cannot be restored; allowed: "
+            "torch.int8, torch.int32 (A4W4), or a float tensor holding only integers in [-128, "
+            "127]. An A4W4 int32 weight that went through float32 has lost bits: re-export it",
         )
         return None
     g.formats.add("F4")
@@ -406,8 +405,8 @@ def _plan_weight(g: _Group) -> torch.dtype | None:
         RESTORE,
         Spec(_I8, spec.shape),
         f"{dtype_name(spec.dtype)} weight holding only integers in [-128, 127] (re-saved after a "
-        f"plain load into upstream's float32 parameter, F4): restored to torch.int8, every "
-        f"value checked",
+        "plain load into upstream's float32 parameter, F4): restored to torch.int8, every value "
+        "checked",
     )
     return _I8
 
@@ -462,10 +461,9 @@ def _plan_scale(
                 g.problem(
                     "scale",
                     f"int64 quant param folds offset {int(offset.reshape(-1)[i])} (index {i}) into "
-                    "bits 37-45, "
-                    f"but {why} needs a float scale and allows no offset: decoding it would drop "
-                    "the "
-                    f"offset; allowed here: {allowed(_dtypes(row['scale']) if row else (_F32,))}",
+                    f"bits 37-45, but {why} needs a float scale and allows no offset: decoding it "
+                    "would drop the offset; allowed here: "
+                    f"{allowed(_dtypes(row['scale']) if row else (_F32,))}",
                 )
                 return
         g.change(
@@ -473,8 +471,7 @@ def _plan_scale(
             DECODE,
             Spec(_F32, spec.shape),
             "int64 quant param (torchair, F2) decoded exactly to its float32 scale (bits 13-31, "
-            "spec "
-            f"§1.5; the folded offset is 0): {why} needs a float scale",
+            f"spec §1.5; the folded offset is 0): {why} needs a float scale",
         )
         return
     legal = _dtypes(row["scale"]) if row is not None else LEGAL["scale"]
@@ -487,19 +484,14 @@ def _plan_scale(
                 g.problem(
                     "scale",
                     f"{dtype_name(spec.dtype)} scale holds {_value_text(values, hit)} at index "
-                    f"{hit}, in "
-                    "[2**46, 2**47]: this is an int64 quant param (npu_trans_quant_param / "
-                    "torchair "
-                    f"use_internal_format_weight) destroyed by a float cast, typically a plain "
-                    "load_state_dict into upstream's float32 scale parameter (legacy F4). The "
-                    "cast "
-                    "rounded away its low bits, which hold 10 of the scale's 19 bits, so the "
-                    "scale "
-                    "cannot be recovered. Re-export: load the original checkpoint, the one with "
-                    "the "
-                    "int64 scale, with compat (compat.LinearQuant keeps int64), or re-encode the "
-                    "float "
-                    f"scales with compat.trans_quant_param",
+                    f"{hit}, in [2**46, 2**47]: this is an int64 quant param "
+                    "(npu_trans_quant_param / torchair use_internal_format_weight) destroyed by a "
+                    "float cast, typically a plain load_state_dict into upstream's float32 scale "
+                    "parameter (legacy F4). The cast rounded away its low bits, which hold 10 of "
+                    "the scale's 19 bits, so the scale cannot be recovered. Re-export: load the "
+                    "original checkpoint, the one with the int64 scale, with compat "
+                    "(compat.LinearQuant keeps int64), or re-encode the float scales with "
+                    "compat.trans_quant_param",
                 )
                 return
             if g.has_nan("scale", values):
@@ -535,9 +527,8 @@ def _plan_offset(g: _Group, n: int | None) -> None:
         i = int(differ.nonzero()[0, 0])
         g.notes.append(
             f"{g.keys['offset']!r} (rounded: {int(mine.reshape(-1)[i])} at index {i}) disagrees "
-            "with "
-            f"the offset folded into the int64 scale ({int(folded.reshape(-1)[i])}); the hardware "
-            f"applies the folded one and ignores the offset tensor"
+            f"with the offset folded into the int64 scale ({int(folded.reshape(-1)[i])}); the "
+            "hardware applies the folded one and ignores the offset tensor"
         )
 
 
@@ -581,9 +572,10 @@ def plan_group(
     row = _row(a4w4, out, pertoken) if out is not None else None
     if out is not None and row is None:
         g.notes.append(
-            f"module configuration {'A4W4' if a4w4 else 'A8W8'}, output_dtype={dtype_name(out)}"
-            f"{', pertoken_scale' if pertoken else ''} is not a legal quant_matmul combination; "
-            f"dtypes were checked against the union of legal dtypes only"
+            f"module configuration {'A4W4' if a4w4 else 'A8W8'}, "
+            f"output_dtype={dtype_name(out)}{', pertoken_scale' if pertoken else ''} is not a "
+            "legal quant_matmul combination; dtypes were checked against the union of legal "
+            "dtypes only"
         )
     _plan_scale(g, n, row, pertoken)
     _plan_offset(g, n)

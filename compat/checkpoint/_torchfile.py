@@ -187,8 +187,7 @@ def plan(loaded: Loaded, output_dtypes: object) -> list[tuple[Location, UpgradeR
     if not found:
         raise CheckpointError(
             f"{loaded.path}: no state_dict found (the file holds a {type(loaded.obj).__name__}; "
-            "expected a "
-            f"mapping of names to tensors, or a dict holding such mappings)"
+            "expected a mapping of names to tensors, or a dict holding such mappings)"
         )
     plans = []
     for location, sd in found:
@@ -219,6 +218,25 @@ def apply(
     for location, report in plans:
         out[location[0]] = apply_report(obj[location[0]], report, release)
     return out
+
+
+def storage_bytes(obj: Any) -> int:
+    """Bytes of the distinct tensor storages in ``obj`` (what torch.save writes)."""
+    seen: dict[int, int] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(obj)
+    return sum(seen.values())
 
 
 # --------------------------------------------------------------------------- saving
@@ -264,22 +282,42 @@ def _private_save() -> Any:
     )
 
 
+class _RecordingFile:
+    """The output file as torch's zip writer sees it: keeps the OSError of a failed write,
+    which torch's C++ writer turns into an opaque RuntimeError ("unexpected pos")."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.out.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def save(
     obj: Any, out: IO[bytes], *, releaser: PageReleaser | None, progress: Progress | None
 ) -> None:
     """``torch.save(obj, out)`` (zip format), releasing source pages as it goes."""
-    func = _private_save()
-    if func is None:
-        torch.save(obj, out)
-        return
-    with torch.serialization._open_zipfile_writer(out) as zip_file:
-        func(
-            obj,
-            _ReleasingWriter(zip_file, releaser, progress),
-            pickle,
-            torch.serialization.DEFAULT_PROTOCOL,
-            False,
-        )
+    target = _RecordingFile(out)
+    try:
+        func = _private_save()
+        if func is None:
+            torch.save(obj, target)  # type: ignore[arg-type]  # has write() and flush()
+            return
+        with torch.serialization._open_zipfile_writer(target) as zip_file:  # type: ignore[arg-type]
+            writer = _ReleasingWriter(zip_file, releaser, progress)
+            func(obj, writer, pickle, torch.serialization.DEFAULT_PROTOCOL, False)
+    except Exception as err:
+        if target.error is not None:
+            raise target.error from err
+        raise
 
 
 # --------------------------------------------------------------------------- verification

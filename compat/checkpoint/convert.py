@@ -53,8 +53,7 @@ def replacement(module: nn.Module) -> nn.Module:
         if not isinstance(value, nn.Parameter):
             raise TypeError(
                 f"convert_model: {type(module).__name__}.{name} is a {type(value).__name__}, not "
-                "an "
-                f"nn.Parameter; it cannot be shared with the replacement LinearQuant"
+                "an nn.Parameter; it cannot be shared with the replacement LinearQuant"
             )
         setattr(new, name, value)
     new.train(module.training)

@@ -117,8 +117,7 @@ def resolve_source(src: Path) -> Source:
             found = ", ".join(p.name for p in indexes) or "none"
             raise UsageError(
                 f"{src}: a directory source must hold exactly one Hugging Face *.index.json "
-                "(found: "
-                f"{found}); pass the index file or a single checkpoint file instead"
+                f"(found: {found}); pass the index file or a single checkpoint file instead"
             )
         return Source("sharded", indexes[0])
     if src.name.endswith(".index.json"):
@@ -167,8 +166,7 @@ def resolve_destination(req: Request, source: Source) -> Path | None:
     if st_out != (source.kind == "safetensors"):
         raise UsageError(
             f"{dst}: the output keeps the source's format ({source.kind}); format conversion is "
-            "not "
-            "supported, so name DST "
+            "not supported, so name DST "
             f"{'*.safetensors' if source.kind == 'safetensors' else 'not *.safetensors'}"
         )
     return dst
@@ -257,6 +255,7 @@ def _write_verified(
         progress.phase("verifying")
         verify(tmp.path)
         _commit(tmp, backup_of=source.path if req.in_place else None, result=result)
+    progress.finish()
     result.status = "converted"
     result.verified = True
     return result
@@ -304,9 +303,11 @@ def _convert_torch(req: Request, source: Source, dst: Path | None) -> Result:
                     progress.phase("copying")
                     _copy_verified(source.path, tmp, progress)
                     _commit(tmp, backup_of=None, result=result)
+                progress.finish()
                 result.verified = True
             return result
         upgraded = _torchfile.apply(loaded.obj, plans, loaded.releaser)
+        progress.retotal(progress.done + 2 * _torchfile.storage_bytes(upgraded))
         release = loaded.releaser
 
         def write(out: IO[bytes]) -> None:
@@ -366,8 +367,8 @@ def _verify_safetensors(path: Path, job: _StJob, progress: Progress | None) -> N
             change, want, source = job.change(name), job.spec(name), job.files[name]
             if written.spec(name) != want:
                 raise CheckpointError(
-                    f"verification failed: {name!r} was written as {written.spec(name)}, "
-                    f"expected {want}"
+                    f"verification failed: {name!r} was written as {written.spec(name)}, expected "
+                    f"{want}"
                 )
             if change is None:
                 pairs = zip(source.raw_chunks(name), written.raw_chunks(name), strict=True)
@@ -406,9 +407,11 @@ def _convert_safetensors(req: Request, source: Source, dst: Path | None) -> Resu
                     with _writing(dst) as tmp:
                         _copy_verified(source.path, tmp, progress)
                         _commit(tmp, backup_of=None, result=result)
+                    progress.finish()
                     result.verified = True
                 return result
             job = _StJob(dict.fromkeys(names, sf), names, sf.metadata, report)
+            progress.retotal(2 * sum(job.spec(name).nbytes for name in names))
             return _write_verified(
                 req,
                 source,
@@ -629,6 +632,7 @@ def _sharded_in_place(
         temps.append(tmp)
         for t in temps:  # shards first, the index last
             _commit(t, backup_of=t.dst, result=result)
+        progress.finish()
     except BaseException:
         for t in temps:
             t.discard()
@@ -673,6 +677,7 @@ def _sharded_to_dir(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    progress.finish()
     result.written = [dst / s.name for s in shards.values()] + [dst / source.path.name]
     result.status = "converted" if report.changed else "current"
     result.verified = True

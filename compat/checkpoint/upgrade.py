@@ -69,8 +69,8 @@ class UpgradeReport:
     def __str__(self) -> str:
         changed = sum(1 for g in self.groups if g.changed)
         lines = [
-            f"{len(self.groups)} quant linear(s), {changed} to upgrade, "
-            f"{len(self.changes)} tensor(s) transformed; {self.other_keys} other key(s) untouched"
+            f"{len(self.groups)} quant linear(s), {changed} to upgrade, {len(self.changes)} "
+            f"tensor(s) transformed; {self.other_keys} other key(s) untouched"
         ]
         for g in self.groups:
             lines.append(
@@ -122,8 +122,7 @@ def normalize_output_dtypes(
     if not isinstance(output_dtypes, Mapping):
         raise TypeError(
             "upgrade_state_dict: argument 'output_dtypes' must be None, a torch.dtype or a "
-            "mapping "
-            f"module name -> dtype, got {type(output_dtypes).__name__}"
+            f"mapping module name -> dtype, got {type(output_dtypes).__name__}"
         )
     per: dict[str, torch.dtype] = {}
     for name, value in output_dtypes.items():
@@ -142,7 +141,7 @@ def _split(key: str) -> tuple[str, str]:
 
 
 def candidate_groups(keys: Iterable[str], spec_of: Access) -> tuple[dict[str, dict[str, str]], int]:
-    """Leaf groups holding a 2-D ``weight`` and a 1-D ``scale`` and nothing but NAMES.
+    """Leaf groups holding a ``weight`` and a ``scale`` and nothing but NAMES.
 
     Returns ``({prefix: {name: key}}, number of keys outside every candidate)``.
     """
@@ -163,17 +162,22 @@ def candidate_groups(keys: Iterable[str], spec_of: Access) -> tuple[dict[str, di
             continue
         if not set(names) <= set(NAMES):
             continue
-        if (
-            len(spec_of.spec(names["weight"]).shape) != 2
-            or len(spec_of.spec(names["scale"]).shape) != 1
-        ):
-            continue
         groups[prefix] = {n: names[n] for n in NAMES if n in names}
     covered = sum(len(g) for g in groups.values())
     return groups, total - covered
 
 
+def _shaped_like(names: Mapping[str, str], access: Access) -> bool:
+    """A 2-D weight and a 1-D scale, as every quant linear has."""
+    return (
+        len(access.spec(names["weight"]).shape) == 2 and len(access.spec(names["scale"]).shape) == 1
+    )
+
+
 def _evidence(names: Mapping[str, str], access: Access) -> bool:
+    """Something only a quant linear holds (its shapes are then checked, not assumed)."""
+    if not _shaped_like(names, access):
+        return False  # e.g. another library's layer with (n, 1) scales: not ours to judge
     weight = access.spec(names["weight"])
     scale = access.spec(names["scale"])
     if weight.dtype in (torch.int8, torch.int32) or scale.dtype == torch.int64:
@@ -210,8 +214,7 @@ def plan_state_dict(
         listed = ", ".join(repr(n) for n in sorted(names_found)) or "none"
         raise ValueError(
             f"upgrade_state_dict: output_dtypes names {', '.join(map(repr, unknown))}, which is "
-            "not a "
-            f"quant linear in this state_dict; quant linears found: {listed}"
+            f"not a quant linear in this state_dict; modules with weight and scale keys: {listed}"
         )
     problems: list[str] = []
     plans: list[GroupPlan] = []
@@ -226,21 +229,19 @@ def plan_state_dict(
         else:
             declared = True
         if not declared and not _evidence(names, access):
+            other += len(names)
             weight = access.spec(names["weight"])
-            if weight.dtype in FLOAT_WEIGHT_DTYPES:
+            if weight.dtype in FLOAT_WEIGHT_DTYPES and _shaped_like(names, access):
                 skipped.append(
                     (
                         module,
                         f"float weight ({dtype_name(weight.dtype)}) and float scale without an "
-                        "int32 bias, "
-                        "offset or int64 scale: possibly a float layer, so it was left alone; if "
-                        "it is "
-                        f"a quant linear (F4, bias=False), name it in output_dtypes (CLI: "
-                        f"--output-dtype {module or '<root>'}=DTYPE)",
+                        "int32 bias, offset or int64 scale: possibly a float layer, so it was "
+                        "left alone; if it is a quant linear (F4, bias=False), name it in "
+                        f"output_dtypes (CLI: --output-dtype {module or '<root>'}=DTYPE)",
                     )
                 )
-                other += len(names)
-                continue
+            continue
         plans.append(plan_group(prefix, names, access, ctx, problems))
     if problems:
         raise CheckpointError(problems)
