@@ -13,6 +13,7 @@ end of the header), then the tensors' bytes, contiguous, in offset order.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import struct
@@ -190,15 +191,17 @@ class SafetensorsFile:
 
     def read_bytes(self, entry: Entry, start: int, count: int) -> torch.Tensor:
         """``count`` bytes of a tensor from byte ``start`` (relative to the tensor)."""
-        buf = torch.empty(count, dtype=torch.uint8)
+        raw = bytearray(count)
         f = self._handle()
         f.seek(self.data_start + entry.begin + start)
-        got = f.readinto(buf.numpy().data)
+        got = f.readinto(raw)
         if got != count:
             raise CheckpointError(
                 f"{self.path}: tensor {entry.name!r} is truncated (read {got} of {count} bytes)"
             )
-        return buf
+        return (
+            torch.frombuffer(raw, dtype=torch.uint8) if count else torch.empty(0, dtype=torch.uint8)
+        )
 
     def spec(self, key: str) -> Spec:
         return self.entries[key].spec
@@ -229,6 +232,13 @@ def _as(buf: torch.Tensor, spec: Spec) -> torch.Tensor:
     if sys.byteorder != "little":  # pragma: no cover - no big-endian CI machine
         raise CheckpointError("safetensors files are little-endian; this machine is not")
     return buf.view(spec.dtype).reshape(spec.shape)
+
+
+def _memory(data: torch.Tensor) -> memoryview:
+    """A zero-copy view of a contiguous CPU uint8 tensor's bytes (no numpy needed)."""
+    if data.numel() == 0:
+        return memoryview(b"")
+    return memoryview((ctypes.c_ubyte * data.numel()).from_address(data.data_ptr())).cast("B")
 
 
 def header_bytes(entries: list[tuple[str, Spec]], metadata: dict[str, str] | None) -> bytes:
@@ -267,7 +277,7 @@ def write(
         written = 0
         for piece in produce(name):
             data = piece.contiguous().view(torch.uint8).reshape(-1)
-            out.write(data.numpy().data)
+            out.write(_memory(data))
             written += data.numel()
             if progress is not None:
                 progress(data.numel())

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -324,11 +323,11 @@ def save(
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _bits(t: torch.Tensor) -> np.ndarray:
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bits as integers (so NaN payloads and -0.0 compare exactly)."""
     if t.is_complex():
         t = torch.view_as_real(t)
-    view = t.detach().cpu().view(_INT_VIEW[t.element_size()])
-    return view.numpy()
+    return t.detach().view(_INT_VIEW[t.element_size()])
 
 
 def _flat_chunks(t: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -354,10 +353,8 @@ def documented_transformation_holds(
     if action == DECODE:  # float32 whose bits are bits 0-31 of the param with bits 0-12 cleared
         if source.dtype != torch.int64 or result.dtype != torch.float32:
             return False
-        expected = (source.cpu().numpy().astype(np.uint64) & np.uint64(0xFFFFE000)).astype(
-            np.uint32
-        )
-        return bool(np.array_equal(expected, result.cpu().numpy().view(np.uint32)))
+        expected = source & 0xFFFFE000  # int64 values in [0, 2**32)
+        return bool(torch.equal(expected, result.view(torch.int32).to(torch.int64) & 0xFFFFFFFF))
     return False
 
 
@@ -384,7 +381,7 @@ class _Verifier:
                 f"verification failed: {name!r} was written as {got.dtype} {tuple(got.shape)}, "
                 f"expected {want.dtype} {tuple(want.shape)}"
             )
-        same = bool(np.array_equal(_bits(want), _bits(got)))
+        same = bool(torch.equal(_bits(want), _bits(got)))
         self.release(want, got)
         if self.progress is not None:
             self.progress.advance(got.numel() * got.element_size())
