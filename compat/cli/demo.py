@@ -15,6 +15,7 @@ HELP = "run a small quantized model on the active backend and check it against a
 SECTIONS: list[tuple[str, str]] = [
     ("LinearQuant model", "compat.cli._demo_core"),
     ("Legacy LinearA8W8Quant code", "compat.cli._demo_legacy"),
+    ("Legacy checkpoint, upgraded on load", "compat.cli._demo_checkpoint"),
 ]
 
 
