@@ -87,7 +87,7 @@ def run_section(args: argparse.Namespace) -> bool:
             legacy[f"{name}.weight"].to(torch.int8),
             scale,
             legacy[f"{name}.bias"],
-            offset,
+            offset64,
             out,
             truncate_scale=out in (torch.int8, torch.float16),
         )
