@@ -77,11 +77,10 @@ def run_section(args: argparse.Namespace) -> bool:
         if raw.dtype == torch.int64:
             pairs = [_decode(int(q)) for q in raw.tolist()]
             scale = torch.tensor([s for s, _ in pairs])
-            offset = (
-                torch.tensor([float(o) for _, o in pairs]) if layer.offset is not None else None
-            )
+            folded = torch.tensor([float(o) for _, o in pairs])
+            offset64 = folded if layer.offset is not None else None
         else:
-            scale, offset = raw, None
+            scale, offset64 = raw, None
         y64 = linear64(
             x.cpu(),
             legacy[f"{name}.weight"].to(torch.int8),
