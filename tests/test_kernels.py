@@ -13,7 +13,7 @@ import numpy as np
 import oracle
 import pytest
 import torch
-from conftest import as_numpy
+from conftest import as_numpy, run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,12 +113,23 @@ def test_block_boundaries(kernel: str) -> None:
         ((2, 3, 5, 1100), (3, 1100, 7)),  # batched x2, broadcast over x1's leading dim
         ((5, 64), (4, 64, 9)),  # 2-D x1 against a batched x2
         ((4, 1, 5, 64), (1, 3, 64, 9)),  # both broadcast
+        ((3, 5, 1100), (1, 1100, 7)),  # one x2 matrix for every batch element
+        ((2, 1, 5, 64), (1, 4, 64, 9)),  # x1 broadcast against a batched x2
     ],
 )
 def test_batched_and_broadcast(
     kernel: str, shape1: tuple[int, ...], shape2: tuple[int, ...]
 ) -> None:
     _check_product(_ints(shape1, seed=1), _ints(shape2, seed=2))
+
+
+def test_expanded_x2_is_folded(kernel: str) -> None:
+    # a stride-0 batch dim (one weight for every batch element) and x1 broadcast to it
+    x1 = _ints((1, 5, 1500), seed=5)
+    x2 = _ints((9, 1500), seed=6).t().expand(3, 1500, 9)
+    _check_product(x1, x2)
+    got = intmm.int_matmul(x1, x2)
+    assert tuple(got.shape) == (3, 5, 9) and torch.equal(got[0], got[2])
 
 
 @settings(max_examples=30, deadline=None)
@@ -170,6 +181,21 @@ def test_kernel_selection_api() -> None:
             intmm.set_cpu_kernel("fbgemm")
     finally:
         intmm.set_cpu_kernel(previous)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("float", "float"), (" INT_MM ", "int_mm")])
+def test_environment_variable_selects_the_kernel(value: str, expected: str) -> None:
+    code = "from compat.ops import intmm; print(intmm.cpu_kernel())"
+    proc = run_python(code, env={"COMPAT_CPU_INT_MATMUL": value})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+
+
+def test_environment_variable_rejects_unknown_kernels() -> None:
+    proc = run_python("import compat.ops.intmm", env={"COMPAT_CPU_INT_MATMUL": "fbgemm"})
+    assert proc.returncode != 0
+    assert "COMPAT_CPU_INT_MATMUL='fbgemm'" in proc.stderr
+    assert "allowed: auto, float, int_mm" in proc.stderr
 
 
 def test_block_cols_range() -> None:
