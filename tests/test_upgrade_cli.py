@@ -206,6 +206,29 @@ def test_safetensors_keeps_order_and_metadata(tmp_path: Path) -> None:
     )
 
 
+def test_safetensors_bad_float_weight_found_while_streaming(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Conversion checks float weights while writing; a bad value aborts and every problem
+    is still listed, as in a dry run."""
+    from safetensors.torch import save_file
+
+    state = f4_state()
+    state["fc.weight"][3, 5] = 0.25
+    state["fc2.weight"] = f4_state(seed=1)["fc.weight"].index_fill_(0, torch.tensor([2]), 300.0)
+    state["fc2.scale"] = torch.ones(8)
+    state["fc2.bias"] = torch.zeros(8, dtype=torch.int32)
+    src, dst = tmp_path / "m.safetensors", tmp_path / "o.safetensors"
+    save_file(state, str(src))
+    for extra in ([], ["--dry-run"]):
+        assert cli(["upgrade", str(src), str(dst), *extra]) == 1
+        err = capsys.readouterr().err
+        assert (
+            "2 problems" in err and "0.25 at index [3, 5]" in err and "300.0 at index [2, 0]" in err
+        )
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
 def test_sharded_to_directory_and_in_place(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,8 +21,8 @@ element-wise so that the file converter can stream them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -51,7 +51,7 @@ KEEP, RESTORE, DECODE = "unchanged", "restored", "decoded"
 
 # an int64 quant param lies in [2**46, 2**47); cast to a float it rounds into [2**46, 2**47]
 _Q_LOW, _Q_HIGH = float(2**46), float(2**47)
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 21  # 8 MiB of float32: buffers are reused, so this bounds the memory
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -108,6 +108,9 @@ class DictAccess:
         self._mapping = mapping
         self._release = release  # called on each chunk once read (mmap'd sources)
 
+    # restored weights are computed once while planning and reused by apply()
+    keep_results = True
+
     def spec(self, key: str) -> Spec:
         return Spec.of(self._mapping[key])
 
@@ -155,6 +158,8 @@ class KeyChange:
     before: Spec
     after: Spec
     reason: str
+    # the transformed tensor when planning already computed (and checked) it
+    result: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def changed(self) -> bool:
@@ -221,16 +226,60 @@ def _unravel(index: int, shape: tuple[int, ...]) -> list[int]:
     return out[::-1]
 
 
-def _first_bad_integral(access: Access, key: str, spec: Spec) -> tuple[int, float] | None:
-    """Flat index and value of the first element that is not an integer in [-128, 127]."""
+class NotInt8Error(ValueError):
+    """A float weight value that is not an integer in [-128, 127]."""
+
+    def __init__(self, index: int, value: float) -> None:
+        super().__init__(f"value {value!r} at flat index {index}")
+        self.index = index
+        self.value = value
+
+
+def restored_chunks(
+    chunks: Iterable[torch.Tensor], out: torch.Tensor | None = None
+) -> Iterator[torch.Tensor]:
+    """int8 copies of flat float chunks, each checked to survive the int8 -> float round
+    trip, i.e. to hold only integers in [-128, 127] (NaN, fractions and out-of-range values
+    do not); raises :class:`NotInt8Error` at the first that does not.
+
+    ``out``: a flat int8 tensor receiving the whole result; otherwise the chunks share one
+    reused buffer (each valid until the next is requested). Scratch memory: one chunk.
+    """
     start = 0
-    for chunk in access.chunks(key):
-        bad = (chunk != torch.round(chunk)) | (chunk < -128) | (chunk > 127)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            return start + i, float(chunk[i])
-        start += chunk.numel()
-    return None
+    back_buf: torch.Tensor | None = None
+    own: torch.Tensor | None = None
+    for chunk in chunks:
+        n = chunk.numel()
+        if back_buf is None:
+            back_buf = torch.empty(n, dtype=chunk.dtype, device=chunk.device)
+            if out is None:
+                own = torch.empty(n, dtype=_I8, device=chunk.device)
+        target = out if out is not None else own
+        assert target is not None
+        piece = (target[start : start + n] if out is not None else target[:n]).copy_(chunk)
+        back = back_buf[:n].copy_(piece)
+        if not torch.equal(back, chunk):
+            bad = int((back != chunk).nonzero()[0, 0])
+            raise NotInt8Error(start + bad, float(chunk[bad]))
+        yield piece
+        start += n
+
+
+def _restore_int8(
+    access: Access, key: str, spec: Spec
+) -> tuple[tuple[int, float] | None, torch.Tensor | None]:
+    """Check (and, where ``access.keep_results``, keep) the int8 image of a float weight:
+    ``(first bad (flat index, value) or None, the int8 tensor or None)``."""
+    keep = bool(getattr(access, "keep_results", False))
+    out = None
+    if keep:
+        out = torch.empty(spec.numel, dtype=_I8, device=access.tensor(key).device)
+    try:
+        for _ in restored_chunks(access.chunks(key), out):
+            pass
+    except NotInt8Error as err:
+        return (err.index, err.value), None
+    return None, None if out is None else out.reshape(spec.shape)
 
 
 def _destroyed_index(values: torch.Tensor) -> int | None:
@@ -287,9 +336,11 @@ class _Group:
         spec = self.specs[name]
         self.changes[name] = KeyChange(self.keys[name], name, KEEP, spec, spec, reason)
 
-    def change(self, name: str, action: str, after: Spec, reason: str) -> None:
+    def change(
+        self, name: str, action: str, after: Spec, reason: str, result: torch.Tensor | None = None
+    ) -> None:
         self.changes[name] = KeyChange(
-            self.keys[name], name, action, self.specs[name], after, reason
+            self.keys[name], name, action, self.specs[name], after, reason, result
         )
 
     def values(self, name: str) -> torch.Tensor | None:
@@ -297,6 +348,11 @@ class _Group:
         if self.access.is_meta(self.keys[name]):
             return None
         return self.access.tensor(self.keys[name])
+
+    @property
+    def access_defers(self) -> bool:
+        """Float weights are checked while being written (streaming conversion)."""
+        return bool(getattr(self.access, "defer_weight_checks", False))
 
     def has_nan(self, name: str, values: torch.Tensor) -> bool:
         """Report a NaN in a scale or offset (never a usable value); True if found."""
@@ -387,7 +443,7 @@ def _plan_weight(g: _Group) -> torch.dtype | None:
             "it cannot be restored to int8",
         )
         return None
-    bad = _first_bad_integral(g.access, key, spec)
+    bad, restored = (None, None) if g.access_defers else _restore_int8(g.access, key, spec)
     if bad is not None:
         index, value = bad
         g.problem(
@@ -407,6 +463,7 @@ def _plan_weight(g: _Group) -> torch.dtype | None:
         f"{dtype_name(spec.dtype)} weight holding only integers in [-128, 127] (re-saved after a "
         "plain load into upstream's float32 parameter, F4): restored to torch.int8, every value "
         "checked",
+        result=restored,
     )
     return _I8
 
@@ -594,12 +651,17 @@ def plan_group(
 
 
 # --------------------------------------------------------------------------- transformations
-def transform_chunk(action: str, chunk: torch.Tensor) -> torch.Tensor:
-    """Apply an action to (a flat chunk of) a tensor; every action is element-wise."""
+def transform_chunk(
+    action: str, chunk: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Apply an action to (a flat chunk of) a tensor; every action is element-wise.
+
+    ``out``: a reused int8 buffer of at least ``chunk.numel()`` elements for RESTORE.
+    """
     if action == KEEP:
         return chunk
-    if action == RESTORE:
-        return chunk.to(_I8)  # exact: every value was checked to be an integer in int8 range
+    if action == RESTORE:  # exact: every value was checked to be an integer in int8 range
+        return chunk.to(_I8) if out is None else out[: chunk.numel()].copy_(chunk)
     if action == DECODE:
         return decode(chunk)[0]
     raise ValueError(f"unknown upgrade action {action!r}")
@@ -609,4 +671,6 @@ def apply(change: KeyChange, tensor: torch.Tensor) -> torch.Tensor:
     """The upgraded tensor for one key (the input tensor itself when unchanged)."""
     if change.action == KEEP:
         return tensor
+    if change.result is not None:
+        return change.result
     return transform_chunk(change.action, tensor)

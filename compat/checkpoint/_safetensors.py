@@ -29,7 +29,7 @@ from compat.checkpoint._rules import CHUNK_ELEMENTS, Spec
 from compat.checkpoint.errors import CheckpointError
 
 HEADER_LIMIT = 100 * 2**20  # the package's own limit
-COPY_CHUNK = 16 * 2**20
+COPY_CHUNK = 8 * 2**20
 
 _CODES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -189,19 +189,20 @@ class SafetensorsFile:
             self._file.close()
             self._file = None
 
-    def read_bytes(self, entry: Entry, start: int, count: int) -> torch.Tensor:
-        """``count`` bytes of a tensor from byte ``start`` (relative to the tensor)."""
-        raw = bytearray(count)
+    def read_bytes(
+        self, entry: Entry, start: int, count: int, into: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``count`` bytes of a tensor from byte ``start`` (relative to the tensor), read
+        into ``into`` (a reused uint8 buffer of at least ``count`` bytes) if given."""
+        buf = torch.empty(count, dtype=torch.uint8) if into is None else into[:count]
         f = self._handle()
         f.seek(self.data_start + entry.begin + start)
-        got = f.readinto(raw)
+        got = f.readinto(_memory(buf)) if count else 0
         if got != count:
             raise CheckpointError(
                 f"{self.path}: tensor {entry.name!r} is truncated (read {got} of {count} bytes)"
             )
-        return (
-            torch.frombuffer(raw, dtype=torch.uint8) if count else torch.empty(0, dtype=torch.uint8)
-        )
+        return buf
 
     def spec(self, key: str) -> Spec:
         return self.entries[key].spec
@@ -211,21 +212,27 @@ class SafetensorsFile:
         return _as(self.read_bytes(e, 0, e.spec.nbytes), e.spec)
 
     def chunks(self, key: str) -> Iterator[torch.Tensor]:
+        """Flat chunks of ``CHUNK_ELEMENTS`` elements, read into one reused buffer: each
+        chunk is valid only until the next one is requested."""
         e = self.entries[key]
         item = e.spec.dtype.itemsize
         total = e.spec.numel
+        buf = torch.empty(min(CHUNK_ELEMENTS, total) * item, dtype=torch.uint8)
         for start in range(0, total, CHUNK_ELEMENTS):
             count = min(CHUNK_ELEMENTS, total - start)
-            yield _as(self.read_bytes(e, start * item, count * item), Spec(e.spec.dtype, (count,)))
+            raw = self.read_bytes(e, start * item, count * item, buf)
+            yield _as(raw, Spec(e.spec.dtype, (count,)))
 
     def is_meta(self, key: str) -> bool:
         return False
 
     def raw_chunks(self, key: str) -> Iterator[torch.Tensor]:
+        """The tensor's bytes in ``COPY_CHUNK`` pieces, through one reused buffer."""
         e = self.entries[key]
         total = e.end - e.begin
+        buf = torch.empty(min(COPY_CHUNK, total), dtype=torch.uint8)
         for start in range(0, total, COPY_CHUNK):
-            yield self.read_bytes(e, start, min(COPY_CHUNK, total - start))
+            yield self.read_bytes(e, start, min(COPY_CHUNK, total - start), buf)
 
 
 def _as(buf: torch.Tensor, spec: Spec) -> torch.Tensor:
@@ -239,6 +246,11 @@ def _memory(data: torch.Tensor) -> memoryview:
     if data.numel() == 0:
         return memoryview(b"")
     return memoryview((ctypes.c_ubyte * data.numel()).from_address(data.data_ptr())).cast("B")
+
+
+def as_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a CPU tensor (made contiguous first), without a copy when contiguous."""
+    return _memory(tensor.contiguous().view(torch.uint8).reshape(-1))
 
 
 def header_bytes(entries: list[tuple[str, Spec]], metadata: dict[str, str] | None) -> bytes:
@@ -276,11 +288,11 @@ def write(
     for name, spec in entries:
         written = 0
         for piece in produce(name):
-            data = piece.contiguous().view(torch.uint8).reshape(-1)
-            out.write(_memory(data))
-            written += data.numel()
+            data = as_bytes(piece)
+            out.write(data)
+            written += len(data)
             if progress is not None:
-                progress(data.numel())
+                progress(len(data))
         if written != spec.nbytes:
             raise CheckpointError(
                 f"internal error: tensor {name!r} produced {written} bytes, expected {spec.nbytes}"

@@ -3,7 +3,6 @@ verification with bounded memory."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import pickle
 import sys
@@ -324,10 +323,22 @@ _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's bits as integers (so NaN payloads and -0.0 compare exactly)."""
+    """The tensor's bits as integers (so NaN payloads and -0.0 compare exactly), as wide
+    as the layout allows: comparing int64 words is ~10x faster than bytes."""
     if t.is_complex():
         t = torch.view_as_real(t)
-    return t.detach().view(_INT_VIEW[t.element_size()])
+    t = t.detach()
+    if t.is_contiguous() and t.numel() > 0:
+        flat = t.reshape(-1).view(torch.uint8)
+        for wide in (torch.int64, torch.int32):
+            size = wide.itemsize
+            if flat.numel() % size == 0 and (flat.storage_offset() % size == 0):
+                try:
+                    return flat.view(wide)
+                except RuntimeError:
+                    continue
+        return flat
+    return t.view(_INT_VIEW[t.element_size()])
 
 
 def _flat_chunks(t: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -337,19 +348,21 @@ def _flat_chunks(t: torch.Tensor) -> Iterator[torch.Tensor]:
 
 
 def documented_transformation_holds(
-    action: str, source: torch.Tensor, result: torch.Tensor
+    action: str, source: torch.Tensor, result: torch.Tensor, scratch: torch.Tensor | None = None
 ) -> bool:
     """Check ``result`` against the documented transformation of ``source``, independently
-    of the code that produced it (docs/checkpoints.md)."""
+    of the code that produced it (docs/checkpoints.md). ``scratch``: a reused buffer of
+    the source's dtype, at least one chunk long."""
     if source.shape != result.shape:
         return False
     if action == RESTORE:  # int8 values equal to the float values, element by element
         if result.dtype != torch.int8:
             return False
-        return all(
-            bool(torch.equal(r.to(s.dtype), s))
-            for s, r in zip(_flat_chunks(source), _flat_chunks(result), strict=True)
-        )
+        for s, r in zip(_flat_chunks(source), _flat_chunks(result), strict=True):
+            back = r.to(s.dtype) if scratch is None else scratch[: r.numel()].copy_(r)
+            if not torch.equal(back, s):
+                return False
+        return True
     if action == DECODE:  # float32 whose bits are bits 0-31 of the param with bits 0-12 cleared
         if source.dtype != torch.int64 or result.dtype != torch.float32:
             return False
@@ -435,7 +448,10 @@ def verify(
 
     Every tensor must be bit-identical to ``expected`` (the upgraded object, whose
     unchanged tensors are the source's own); every transformed tensor must also equal
-    the documented transformation of its source tensor.
+    the documented transformation of its source tensor. For a weight restored to int8
+    that was established while planning, on the very tensor now compared bit for bit
+    (every value survived the int8 -> float round trip), so the float source is not
+    read a third time.
     """
     try:
         got = _quiet_load(written, weights_only=True, mmap=True)
@@ -450,6 +466,8 @@ def verify(
         src_sd = source[location[0]] if location else source
         got_sd = got[location[0]] if location else got
         for change in report.changes:
+            if change.result is not None:
+                continue  # checked against the source while planning (see above)
             src_t, got_t = src_sd[change.key], got_sd[change.key]
             ok = documented_transformation_holds(change.action, src_t, got_t)
             checker.release(src_t, got_t)
@@ -459,7 +477,3 @@ def verify(
                     f"{change.action} form of the source tensor"
                 )
     del got
-    with contextlib.suppress(Exception):
-        import gc
-
-        gc.collect()

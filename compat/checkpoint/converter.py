@@ -22,6 +22,8 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +33,16 @@ import torch
 
 from compat.checkpoint import _atomic, _safetensors, _torchfile
 from compat.checkpoint._progress import Progress
-from compat.checkpoint._rules import DictAccess, Spec, transform_chunk
+from compat.checkpoint._rules import (
+    RESTORE,
+    DictAccess,
+    NotInt8Error,
+    Spec,
+    restored_chunks,
+    transform_chunk,
+)
 from compat.checkpoint._safetensors import SafetensorsFile
-from compat.checkpoint._torchfile import Location, documented_transformation_holds
+from compat.checkpoint._torchfile import Location
 from compat.checkpoint.errors import CheckpointError
 from compat.checkpoint.upgrade import UpgradeReport, plan_state_dict
 
@@ -217,7 +226,7 @@ def _writing(dst: Path) -> Iterator[_atomic.TempFile]:
         raise CheckpointError(f"cannot create a temporary file next to {dst}: {err}") from None
     try:
         yield tmp
-    except CheckpointError:
+    except (CheckpointError, NotInt8Error):
         tmp.discard()
         raise
     except Exception as err:
@@ -274,22 +283,54 @@ def _label(location: Location) -> str:
     return f"[{location[0]!r}]" if location else ""
 
 
+class _Background:
+    """Run ``func(*args)`` in a thread; :meth:`wait` re-raises its exception."""
+
+    def __init__(self, func: Callable[..., None] | None, *args: Any) -> None:
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if func is not None:
+
+            def target() -> None:
+                try:
+                    func(*args)
+                except BaseException as err:  # handed to the waiting thread
+                    self._error = err
+
+            self._thread = threading.Thread(target=target, name="compat-crc", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 # --------------------------------------------------------------------------- torch files
 def _convert_torch(req: Request, source: Source, dst: Path | None) -> Result:
     size = source.path.stat().st_size
     progress = _progress(req, 3 * size, many=False)
     try:
         loaded = _torchfile.load(source.path, trust_pickle=req.trust_pickle)
-        if loaded.zip:
-            progress.phase("checking")
-            _torchfile.check_zip_crc(source.path, progress)
-        plans = _torchfile.plan(loaded, req.output_dtypes)
+        # the CRC pass reads the file with plain I/O; it overlaps planning and writing and
+        # must succeed before anything is committed (or reported as convertible)
+        crc = (
+            _Background(_torchfile.check_zip_crc, source.path) if loaded.zip else _Background(None)
+        )
+        progress.phase("planning")
+        try:
+            plans = _torchfile.plan(loaded, req.output_dtypes)
+        except CheckpointError:
+            crc.wait()  # a corrupt file explains a planning failure better
+            raise
         changed = any(r.changed for _, r in plans)
         result = Result(source.path, dst, "torch", "", [(_label(loc), r) for loc, r in plans])
         if loaded.pickled_modules:
             result.notes.append("whole-module pickle (trusted): written as a state_dict")
         must_write = changed or loaded.pickled_modules
         if req.dry_run:
+            crc.wait()
             result.status = "would-convert" if must_write else "up-to-date"
             return result
         assert dst is not None
@@ -302,6 +343,7 @@ def _convert_torch(req: Request, source: Source, dst: Path | None) -> Result:
                 with _writing(dst) as tmp:
                     progress.phase("copying")
                     _copy_verified(source.path, tmp, progress)
+                    crc.wait()
                     _commit(tmp, backup_of=None, result=result)
                 progress.finish()
                 result.verified = True
@@ -317,6 +359,7 @@ def _convert_torch(req: Request, source: Source, dst: Path | None) -> Result:
             _torchfile.verify(
                 path, upgraded, loaded.obj, plans, src_releaser=release, progress=progress
             )
+            crc.wait()
 
         return _write_verified(req, source, dst, result, progress, write, verify)
     finally:
@@ -324,7 +367,7 @@ def _convert_torch(req: Request, source: Source, dst: Path | None) -> Result:
 
 
 # --------------------------------------------------------------------------- safetensors
-@dataclass(frozen=True)
+@dataclass
 class _StJob:
     """One safetensors file to write: its tensors in order and what happens to each."""
 
@@ -332,6 +375,7 @@ class _StJob:
     names: list[str]
     metadata: dict[str, str] | None
     report: UpgradeReport
+    crcs: dict[str, int] = field(default_factory=dict)  # CRC-32 of the bytes written
 
     def change(self, name: str) -> Any:
         return next((k for k in self.report.changes if k.key == name), None)
@@ -341,12 +385,50 @@ class _StJob:
         return change.after if change is not None else self.files[name].spec(name)
 
 
+class _FilesAccess:
+    """:class:`Access` over tensors held by safetensors files (name -> file)."""
+
+    def __init__(self, files: dict[str, SafetensorsFile]) -> None:
+        self.files = files
+
+    def spec(self, key: str) -> Spec:
+        return self.files[key].spec(key)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self.files[key].tensor(key)
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]:
+        return self.files[key].chunks(key)
+
+    def is_meta(self, key: str) -> bool:
+        return False
+
+
+class _Deferred(_FilesAccess):
+    """Float weights are checked while they are written (one read of the file instead of
+    two); on a bad value the conversion re-plans with every value read and raises."""
+
+    defer_weight_checks = True
+
+
 def _write_safetensors(out: IO[bytes], job: _StJob, progress: Progress | None) -> None:
+    """Stream the tensors out; transformed ones are checked chunk by chunk against their
+    documented transformation (RESTORE: int8 -> float gives the source back; DECODE:
+    the bits), so what is written is what the report says."""
+
     def produce(name: str) -> Iterator[torch.Tensor]:
-        change = job.change(name)
+        change, source = job.change(name), job.files[name]
         if change is None:
-            return job.files[name].raw_chunks(name)
-        return (transform_chunk(change.action, c) for c in job.files[name].chunks(name))
+            pieces: Iterator[torch.Tensor] = source.raw_chunks(name)
+        elif change.action == RESTORE:
+            pieces = restored_chunks(source.chunks(name))
+        else:
+            pieces = (transform_chunk(change.action, c) for c in source.chunks(name))
+        crc = 0
+        for piece in pieces:
+            crc = zlib.crc32(_safetensors.as_bytes(piece), crc)
+            yield piece
+        job.crcs[name] = crc
 
     entries = [(name, job.spec(name)) for name in job.names]
     advance = progress.advance if progress is not None else None
@@ -354,6 +436,8 @@ def _write_safetensors(out: IO[bytes], job: _StJob, progress: Progress | None) -
 
 
 def _verify_safetensors(path: Path, job: _StJob, progress: Progress | None) -> None:
+    """Reload: the safetensors package must read the same names, dtypes, shapes and
+    metadata, and every tensor's bytes must have the CRC-32 of the bytes written."""
     try:
         written = SafetensorsFile(path)
     except CheckpointError as err:
@@ -364,33 +448,61 @@ def _verify_safetensors(path: Path, job: _StJob, progress: Progress | None) -> N
                 f"verification failed: {path} holds other tensors or metadata than expected"
             )
         for name in job.names:
-            change, want, source = job.change(name), job.spec(name), job.files[name]
+            want = job.spec(name)
             if written.spec(name) != want:
                 raise CheckpointError(
-                    f"verification failed: {name!r} was written as {written.spec(name)}, expected "
-                    f"{want}"
+                    f"verification failed: {name!r} was written as {written.spec(name)}, "
+                    f"expected {want}"
                 )
-            if change is None:
-                pairs = zip(source.raw_chunks(name), written.raw_chunks(name), strict=True)
-                same = all(bool(torch.equal(a, b)) for a, b in pairs)
-                what = "differs from the source"
-            else:
-                pairs = zip(source.chunks(name), written.chunks(name), strict=True)
-                same = all(documented_transformation_holds(change.action, a, b) for a, b in pairs)
-                what = f"is not the documented {change.action} form of the source"
+            crc = 0
+            for piece in written.raw_chunks(name):
+                crc = zlib.crc32(_safetensors.as_bytes(piece), crc)
             if progress is not None:
                 progress.advance(want.nbytes)
-            if not same:
-                raise CheckpointError(f"verification failed: {name!r} {what}")
+            if crc != job.crcs[name]:
+                raise CheckpointError(
+                    f"verification failed: {name!r} differs from what was written"
+                )
     finally:
         written.close()
+
+
+def _write_st_job(
+    req: Request,
+    source: Source,
+    dst: Path,
+    result: Result,
+    progress: Progress,
+    job: _StJob,
+    replan: Callable[[], object],
+) -> Result:
+    """Write, verify and commit one safetensors file. A float weight found not to hold
+    int8 values while writing aborts it; ``replan()`` (every value read) then raises the
+    full list of problems, as a dry run reports them."""
+    try:
+        return _write_verified(
+            req,
+            source,
+            dst,
+            result,
+            progress,
+            lambda out: _write_safetensors(out, job, progress),
+            lambda path: _verify_safetensors(path, job, progress),
+        )
+    except NotInt8Error as err:
+        replan()
+        raise CheckpointError(
+            f"{source.path}: a float weight holds {err}, not an int8 value"
+        ) from None
 
 
 def _convert_safetensors(req: Request, source: Source, dst: Path | None) -> Result:
     sf = SafetensorsFile(source.path)
     try:
         names = list(sf.entries)
-        report = plan_state_dict(names, sf, req.output_dtypes)
+        files = dict.fromkeys(names, sf)
+        access = sf if req.dry_run else _Deferred(files)  # a dry run reads every value
+        report = plan_state_dict(names, access, req.output_dtypes)
         result = Result(source.path, dst, "safetensors", "", [("", report)])
         if req.dry_run:
             result.status = "would-convert" if report.changed else "up-to-date"
@@ -410,17 +522,11 @@ def _convert_safetensors(req: Request, source: Source, dst: Path | None) -> Resu
                     progress.finish()
                     result.verified = True
                 return result
-            job = _StJob(dict.fromkeys(names, sf), names, sf.metadata, report)
+            job = _StJob(files, names, sf.metadata, report)
             progress.retotal(2 * sum(job.spec(name).nbytes for name in names))
-            return _write_verified(
-                req,
-                source,
-                dst,
-                result,
-                progress,
-                lambda out: _write_safetensors(out, job, progress),
-                lambda path: _verify_safetensors(path, job, progress),
-            )
+            full = _FilesAccess(files)
+            replan = lambda: plan_state_dict(names, full, req.output_dtypes)  # noqa: E731
+            return _write_st_job(req, source, dst, result, progress, job, replan)
         finally:
             progress.close()
     finally:
