@@ -459,6 +459,36 @@ def test_load_after_forward_invalidates_the_scale_cache(assign: bool) -> None:
     assert not torch.equal(y1, fc(m)(x))
 
 
+@pytest.mark.parametrize("assign", [False, True])
+def test_swap_tensors_mode(assign: bool) -> None:
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        m = model(output_dtype=BF16)
+        q = encode_np(scale().numpy())
+        m.load_state_dict(
+            checkpoint(m, weight=weight(), scale=q, bias=torch.randn(N).to(BF16)), assign=assign
+        )
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)
+    assert fc(m).scale.dtype == F32 and torch.equal(fc(m).scale, fp19(scale()))
+    assert fc(m).bias.dtype == BF16 and fc(m).weight.dtype == I8
+
+
+def test_stale_f2_offset_that_disagrees_is_noted() -> None:
+    sd = {
+        "fc.weight": weight(),
+        "fc.scale": encode_np(scale().numpy(), np.full(N, 5.0)),
+        "fc.offset": torch.full((N,), 5.0).index_fill_(0, torch.tensor([6]), -9.0),
+    }
+    (group,) = compat.upgrade_report(sd).groups
+    assert len(group.notes) == 1
+    assert "'fc.offset' (rounded: -9 at index 6) disagrees" in group.notes[0]
+    assert "folded into the int64 scale (5)" in group.notes[0]
+    sd["fc.offset"] = torch.full((N,), 5.2)  # rounds to the folded 5: consistent
+    assert compat.upgrade_report(sd).groups[0].notes == ()
+
+
 def test_meta_module_with_assign_takes_the_checkpoint_tensors() -> None:
     with torch.device("meta"):
         m = model(offset=True)
