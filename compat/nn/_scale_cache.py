@@ -56,9 +56,11 @@ def _key(t: torch.Tensor) -> _Key:
     return (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device)
 
 
+_is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+
+
 def _compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
+    return _is_compiling is not None and bool(_is_compiling())
 
 
 def cached_encoding(
