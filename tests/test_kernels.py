@@ -162,6 +162,15 @@ def test_chunked_float32_path_used_for_other_devices(batched: bool) -> None:
     assert np.array_equal(got.numpy().astype(np.int64), _np_product(x1, x2))
 
 
+def test_custom_op_for_compile() -> None:
+    # the CPU kernel as torch.compile sees it: an opaque custom op with a fake impl
+    x1, x2 = _ints((4, 2500), seed=31), _ints((70, 2500), seed=32).t()
+    got = torch.ops.compat.blocked_float32_int8_mm(x1, x2)
+    assert np.array_equal(got.numpy().astype(np.int64), _np_product(x1, x2))
+    meta = torch.ops.compat.blocked_float32_int8_mm(x1.to("meta"), x2.to("meta"))
+    assert meta.device.type == "meta" and tuple(meta.shape) == (4, 70) and meta.dtype == I32
+
+
 def test_meta_device_shapes(kernel: str) -> None:
     x1 = torch.empty((2, 3, 4, 3000), dtype=I8, device="meta")
     x2 = torch.empty((6, 3000), dtype=I8, device="meta").t()

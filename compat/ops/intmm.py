@@ -16,8 +16,13 @@ overflow; every kernel below returns the true integer product, bit for bit:
   instructions): ``torch._int_mm`` on 2-D operands, batch dims of x1 folded into m.
 * CUDA: ``torch._int_mm`` where its shape rules hold, else float64 (integers below
   2**53 are exact whatever the summation order).
-* anything else (meta, MPS, XPU, ...), and CPU code being traced by ``torch.compile``:
-  the same chunked float32 products, written without scratch buffers.
+* anything else (meta, MPS, XPU, ...): the same chunked float32 products, written
+  without scratch buffers.
+
+Under ``torch.compile`` the CPU float kernel runs as the opaque custom op
+``compat::blocked_float32_int8_mm`` (inductor would otherwise compile the blocked
+conversion into slower code); on torch < 2.4, without ``torch.library.custom_op``, the
+buffer-free chunked form is traced instead.
 
 On CPU the choice can be forced with the environment variable ``COMPAT_CPU_INT_MATMUL``
 (``auto``, ``float`` or ``int_mm``, read at import) or :func:`set_cpu_kernel`. The
@@ -105,7 +110,9 @@ def int_matmul(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         if _cpu_kernel == "int_mm":
             kernel = torch._int_mm
         elif _compiling():
-            kernel = _chunked_float32
+            # inductor compiles the buffer-reusing kernel worse than eager runs it: hand it
+            # over as one opaque custom op where torch has them (>= 2.4)
+            kernel = _blocked_float32_op if _blocked_float32_op is not None else _chunked_float32
         else:
             kernel = _blocked_float32
     elif device == "cuda":
@@ -188,6 +195,35 @@ def _blocked_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _register_blocked_float32_op() -> _Kernel | None:
+    """:func:`_blocked_float32` as the custom op ``compat::blocked_float32_int8_mm``
+    (with a fake implementation for tracing), or None where torch has no custom_op."""
+    custom_op = getattr(torch.library, "custom_op", None)
+    if custom_op is None:
+        return None
+
+    def blocked_float32_int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _blocked_float32(a, b)
+
+    def fake(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.int32)
+
+    try:
+        op = custom_op(
+            "compat::blocked_float32_int8_mm",
+            blocked_float32_int8_mm,
+            mutates_args=(),
+            device_types="cpu",
+            schema="(Tensor a, Tensor b) -> Tensor",
+        )
+    except RuntimeError:  # registered already (this module was reloaded): reuse it
+        existing: _Kernel = torch.ops.compat.blocked_float32_int8_mm
+        return existing
+    op.register_fake(fake)
+    kernel: _Kernel = op
+    return kernel
+
+
 def _chunked_float32(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """Exact ``x1 @ x2`` (broadcast batch dims) as a sum of float32 products over chunks
     of k of at most 1024; no scratch buffers, so it suits any device and tracing."""
@@ -201,3 +237,6 @@ def _chunked_float32(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         total = part if total is None else total + part
     assert total is not None
     return total
+
+
+_blocked_float32_op = _register_blocked_float32_op()
