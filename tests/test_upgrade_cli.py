@@ -270,6 +270,65 @@ def test_sharded_to_directory_and_in_place(
         assert sha256(src / name) == sha256(dst / name), name  # same bytes as the DST run
 
 
+def test_sharded_torch_bin_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pytorch_model-*.bin shards with one module split across them (F4 weight in shard 1)."""
+    state = f4_state()
+    src = tmp_path / "bin"
+    src.mkdir()
+    split = {
+        "pytorch_model-00001-of-00002.bin": ["fc.weight", "norm.weight"],
+        "pytorch_model-00002-of-00002.bin": ["fc.scale", "fc.bias"],
+    }
+    for name, keys in split.items():
+        torch.save({k: state[k] for k in keys}, src / name)
+    weight_map = {k: name for name, keys in split.items() for k in keys}
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    dst = tmp_path / "out"
+    assert cli(["upgrade", str(src), str(dst), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [
+        k["key"]
+        for g in report["state_dicts"][0]["groups"]
+        for k in g["keys"]
+        if k["action"] == "restored"
+    ] == ["fc.weight"]
+    first = torch.load(dst / "pytorch_model-00001-of-00002.bin", weights_only=True)
+    assert first["fc.weight"].dtype == torch.int8 and torch.equal(
+        first["fc.weight"].float(), state["fc.weight"]
+    )
+    second = torch.load(dst / "pytorch_model-00002-of-00002.bin", weights_only=True)
+    assert sha256(dst / "pytorch_model-00002-of-00002.bin") == sha256(
+        src / "pytorch_model-00002-of-00002.bin"
+    )
+    assert set(second) == {"fc.scale", "fc.bias"}
+    new_index = json.loads((dst / "pytorch_model.bin.index.json").read_text())
+    assert new_index["metadata"]["total_size"] == total - 3 * 8 * 16  # float32 -> int8 weight
+    # merged and upgraded by load_legacy too
+    merged = compat.load_legacy(src / "pytorch_model.bin.index.json")
+    assert merged["fc.weight"].dtype == torch.int8 and set(merged) == set(state)
+
+
+def test_in_place_safetensors_and_trusted_module_pickle(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    st = tmp_path / "m.safetensors"
+    save_file(f4_state(), str(st))
+    original = sha256(st)
+    assert cli(["upgrade", str(st), "--in-place"]) == 0
+    assert sha256(tmp_path / "m.safetensors.bak") == original
+    assert load_file(str(st))["fc.weight"].dtype == torch.int8
+    pickled = tmp_path / "model.pt"
+    shutil.copy(DATA / "module_pickle.pt", pickled)
+    assert cli(["upgrade", str(pickled), "--in-place"]) == 1  # refused without trust
+    assert not (tmp_path / "model.pt.bak").exists()
+    assert cli(["upgrade", str(pickled), "--in-place", "--trust-pickle"]) == 0
+    assert sha256(tmp_path / "model.pt.bak") == sha256(DATA / "module_pickle.pt")
+    state = torch.load(pickled, weights_only=True)  # now a plain state_dict
+    assert state["q.weight"].dtype == torch.int8 and state["head.weight"].dtype == torch.int8
+
+
 def test_progress_bar_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "m.pt"
     torch.save(f4_state(), src)

@@ -12,7 +12,9 @@ temporary file in the destination's directory, flushed and fsynced, verified by
 reloading it (every tensor bit-identical to the source except those the report lists
 as transformed, which must equal the documented transformation of their source), and
 only then moved into place with ``os.replace`` (a sharded destination directory is
-built aside and renamed). A failure at any point leaves no partial or temporary file.
+built aside and renamed). An error at any point leaves no partial or temporary file; a
+process killed outright can leave a temporary (never a partial destination), which the
+next run for the same destination removes.
 """
 
 from __future__ import annotations
