@@ -381,6 +381,28 @@ def test_illegal_entries_raise_and_leave_the_module_untouched(
             )
 
 
+@pytest.mark.parametrize("assign", [False, True])
+def test_a_failure_inside_pytorchs_loader_loses_nothing(assign: bool) -> None:
+    m = model()
+    layer = fc(m)
+    with torch.no_grad():
+        layer.scale.copy_(scale())
+        layer.weight.copy_(weight(7))
+    before = {name: (p, p.data.clone()) for name, p in layer.named_parameters()}
+
+    def boom(*args: Any) -> None:
+        raise RuntimeError("pre-hook failed")
+
+    layer.register_load_state_dict_pre_hook(boom)
+    sd = checkpoint(
+        m, weight=weight(), scale=encode_np(scale(1).numpy()), bias=torch.zeros(N, dtype=I32)
+    )
+    with pytest.raises(RuntimeError, match="pre-hook failed"):
+        m.load_state_dict(sd, assign=assign)
+    for name, (param, data) in before.items():
+        assert getattr(layer, name) is param and _bits_equal(param.data, data), name
+
+
 def test_every_problem_is_listed_at_once() -> None:
     m = model(offset=True)
     bad = checkpoint(

@@ -79,6 +79,7 @@ def load_linear_quant_state(
     if problems:
         raise CheckpointError(problems)
     assign = bool(local_metadata.get("assign_to_params_buffers", False))
+    reshaped: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (param, old data)
     for change in plan.keys:
         if change.changed:
             state_dict[change.key] = apply(change, state_dict[change.key])
@@ -88,12 +89,33 @@ def load_linear_quant_state(
             target.dtype,
             target.shape,
         ):
+            reshaped[change.key] = (param, param.data)
             with torch.no_grad():
                 param.data = _placeholder(param, target.dtype, target.shape, real=not assign)
-    default_load(
-        state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    )
+    errors_before = len(error_msgs)
+    try:
+        default_load(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+    except BaseException:
+        _restore(reshaped, error_msgs[errors_before:], everything=True)
+        raise
+    _restore(reshaped, error_msgs[errors_before:], everything=False)
     _pertoken_rules(module, prefix, missing_keys)
+
+
+def _restore(
+    reshaped: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    new_errors: list[str],
+    *,
+    everything: bool,
+) -> None:
+    """Give a re-shaped parameter its old data back if PyTorch's loader did not fill it
+    (it raised, or reported an error for that key): nothing is lost on failure."""
+    for key, (param, old) in reshaped.items():
+        if everything or any(f'"{key}"' in msg or f"{key}:" in msg for msg in new_errors):
+            with torch.no_grad():
+                param.data = old
 
 
 def _pertoken_rules(module: nn.Module, prefix: str, missing_keys: list[str]) -> None:
