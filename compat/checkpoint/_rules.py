@@ -103,13 +103,17 @@ class DictAccess:
     """:class:`Access` over a mapping of tensors."""
 
     def __init__(
-        self, mapping: Mapping[str, Any], release: Callable[[torch.Tensor], None] | None = None
+        self,
+        mapping: Mapping[str, Any],
+        release: Callable[[torch.Tensor], None] | None = None,
+        *,
+        keep_results: bool = True,
     ) -> None:
         self._mapping = mapping
         self._release = release  # called on each chunk once read (mmap'd sources)
-
-    # restored weights are computed once while planning and reused by apply()
-    keep_results = True
+        # restored weights are computed once while planning and reused by apply(); a
+        # report that is never applied need not keep them
+        self.keep_results = keep_results
 
     def spec(self, key: str) -> Spec:
         return Spec.of(self._mapping[key])

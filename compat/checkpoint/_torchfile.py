@@ -180,7 +180,9 @@ def where(location: Location) -> str:
     return "" if not location else f"[{location[0]!r}] "
 
 
-def plan(loaded: Loaded, output_dtypes: object) -> list[tuple[Location, UpgradeReport]]:
+def plan(
+    loaded: Loaded, output_dtypes: object, *, keep_results: bool = True
+) -> list[tuple[Location, UpgradeReport]]:
     found = state_dicts(loaded.obj)
     if not found:
         raise CheckpointError(
@@ -192,7 +194,7 @@ def plan(loaded: Loaded, output_dtypes: object) -> list[tuple[Location, UpgradeR
         keys = [k for k, v in sd.items() if isinstance(v, torch.Tensor)]
         release = loaded.releaser.release if loaded.releaser is not None else None
         try:
-            access = DictAccess(sd, release)
+            access = DictAccess(sd, release, keep_results=keep_results)
             report = plan_state_dict(
                 keys, access, output_dtypes, modules=loaded.contexts.get(location)
             )

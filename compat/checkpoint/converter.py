@@ -322,7 +322,7 @@ def _convert_torch(req: Request, source: Source, dst: Path | None) -> Result:
         )
         progress.phase("planning")
         try:
-            plans = _torchfile.plan(loaded, req.output_dtypes)
+            plans = _torchfile.plan(loaded, req.output_dtypes, keep_results=not req.dry_run)
         except CheckpointError:
             crc.wait()  # a corrupt file explains a planning failure better
             raise

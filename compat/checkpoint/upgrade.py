@@ -271,7 +271,7 @@ def upgrade_report(
     (float weights, scales, offsets); never modifies anything.
     """
     sd = _check_mapping(state_dict)
-    return plan_state_dict(_tensor_keys(sd), DictAccess(sd), output_dtypes)
+    return plan_state_dict(_tensor_keys(sd), DictAccess(sd, keep_results=False), output_dtypes)
 
 
 def apply_report(
