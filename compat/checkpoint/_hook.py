@@ -42,7 +42,6 @@ def module_context(module: nn.Module) -> Context:
         out_features=getattr(module, "out_features", None),
         in_features=getattr(module, "in_features", None),
         a4w4=isinstance(weight, torch.Tensor) and weight.dtype == torch.int32,
-        source="module",
     )
 
 

@@ -149,7 +149,6 @@ class Context:
     out_features: int | None = None
     in_features: int | None = None
     a4w4: bool = False
-    source: str = "unknown"
 
 
 @dataclass(frozen=True)

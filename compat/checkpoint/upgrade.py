@@ -90,15 +90,6 @@ class UpgradeReport:
         return "\n".join(lines)
 
 
-def merge_reports(reports: Iterable[UpgradeReport]) -> UpgradeReport:
-    items = list(reports)
-    return UpgradeReport(
-        groups=tuple(g for r in items for g in r.groups),
-        skipped=tuple(s for r in items for s in r.skipped),
-        other_keys=sum(r.other_keys for r in items),
-    )
-
-
 # --------------------------------------------------------------------------- arguments
 def _check_output_dtype(where: str, value: object) -> torch.dtype:
     if value is None:
@@ -225,7 +216,7 @@ def plan_state_dict(
         if ctx is None:
             out = per.get(module, default)
             declared = module in per
-            ctx = Context(output_dtype=out, source="given" if out is not None else "unknown")
+            ctx = Context(output_dtype=out)
         else:
             declared = True
         if not declared and not _evidence(names, access):
