@@ -14,11 +14,10 @@ Every time is the median of interleaved rounds, all measured in the same run:
 * ``fp32``: float32 dequantize-then-matmul, ``x.float() @ (weight.float() * scale).t()``
   with the dequantized weight prepared once, outside the timing.
 
-Then: the same product from a float32 copy of the weight made once (the evaluation of a
-module-level weight cache); 2-D against batched 3-D inputs (x (4, m/4, k) with the 2-D
-weight, folded into one product; and with a batched x2 of four different weights
-(4, k, n), one product per batch, each converting its own weight); and the int8-output
-path (int64 scale with a folded offset).
+Then: 2-D against batched 3-D inputs (x (4, m/4, k) with the 2-D weight, folded into one
+product; and with a batched x2 of four different weights (4, k, n), one product per
+batch, each converting its own weight); and the int8-output path (int64 scale with a
+folded offset). The candidate kernels themselves are compared by ``bench_kernels.py``.
 
 Run: ``python benchmarks/bench_quant_matmul.py [--k 4096] [--n 4096] [--m 1 16 128 512]
 [--rounds 5] [--threads N] [--kernel auto|float|int_mm]``. Ratios < 1 mean compat is
@@ -87,7 +86,8 @@ def interleaved_ms(
 def interleaved_samples(
     fns: dict[str, Fn], *, rounds: int = 5, min_time: float = 0.05, patience: int = 10
 ) -> dict[str, list[float]]:
-    """Wall times (ms) of each function, one sample per round, sampled round-robin.
+    """Wall times (ms) of each function, one sample per round, sampled round-robin
+    (alternating the order).
 
     The machines these run on are shared and noisy: interleaving puts every candidate
     under the same background load, and a sample during which other processes used the
@@ -107,9 +107,11 @@ def interleaved_samples(
             count *= 2
         inner[name] = count
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            samples[name].append(_sample(fn, inner[name], patience) * 1e3)
+    order = list(fns)
+    for i in range(rounds):
+        # every other round in reverse order, so that no candidate always runs first
+        for name in order if i % 2 == 0 else reversed(order):
+            samples[name].append(_sample(fns[name], inner[name], patience) * 1e3)
     return samples
 
 
@@ -146,18 +148,6 @@ class Fbgemm:
             warnings.simplefilter("ignore")
             out: torch.Tensor = torch.ops.quantized.linear_dynamic(x_f, self.packed, True)
         return out
-
-
-def _cached_weight_product(x: torch.Tensor, w_f: torch.Tensor) -> torch.Tensor:
-    """Exact ``x @ w.t()`` from a pre-converted float32 weight ``w_f`` (n, k): float32
-    GEMMs over chunks of k of at most 1024, summed in int32."""
-    xf = x.float()
-    k = x.shape[-1]
-    total = torch.zeros((x.shape[0], w_f.shape[0]), dtype=torch.int32)
-    for lo in range(0, k, intmm.FLOAT32_EXACT_CHUNK):
-        hi = min(lo + intmm.FLOAT32_EXACT_CHUNK, k)
-        total += torch.mm(xf[:, lo:hi], w_f[:, lo:hi].t()).to(torch.int32)
-    return total
 
 
 def row(cells: list[str]) -> str:
@@ -263,25 +253,6 @@ def main() -> None:
             ),
             flush=True,
         )
-
-    print("\nWeight cache evaluated: exact int32 product with a float32 copy of the weight")
-    print("made once (what a module-level cache would hold: 4 bytes per weight element)")
-    print(row(["m", "kernel (on the fly)", "cached float32 weight", "cached / on the fly"]))
-    print(row(["---"] * 4))
-    w_f = w.float()  # 4 x the int8 weight's memory
-    for m in args.m:
-        x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
-        t = interleaved_ms(
-            {
-                "kernel": lambda x=x: intmm.int_matmul(x, w_t),
-                "cached": lambda x=x, w_f=w_f: _cached_weight_product(x, w_f),
-            },
-            rounds=args.rounds,
-            patience=args.patience,
-        )
-        cells = [str(m), f"{t['kernel']:.3f}", f"{t['cached']:.3f}"]
-        print(row([*cells, f"{t['cached'] / t['kernel']:.2f}"]), flush=True)
-    del w_f
 
     print("\n2-D against batched 3-D input (float16 output), batch 4")
     print(

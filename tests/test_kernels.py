@@ -24,14 +24,19 @@ I8, I32, I64 = torch.int8, torch.int32, torch.int64
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 OUT_NAMES = {I8: "int8", F16: "float16", BF16: "bfloat16", I32: "int32"}
 CPU_KERNELS = ("float", "int_mm")
+# the float kernel's two ways of covering k: x1's digits (few rows) or chunks of k
+FLOAT_MODES = {"float-digits": 10**9, "float-chunks": 0}
 
 
-@pytest.fixture(params=CPU_KERNELS)
-def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test once per CPU kernel, restoring the default afterwards."""
-    previous = intmm.set_cpu_kernel(request.param)
+@pytest.fixture(params=[*FLOAT_MODES, "int_mm"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test once per CPU kernel (and float mode), restoring the default after."""
+    name: str = request.param
+    if name in FLOAT_MODES:
+        monkeypatch.setattr(intmm, "_DIGIT_ROWS", FLOAT_MODES[name])
+    previous = intmm.set_cpu_kernel("int_mm" if name == "int_mm" else "float")
     try:
-        yield request.param
+        yield name
     finally:
         intmm.set_cpu_kernel(previous)
 
@@ -60,9 +65,37 @@ def test_float32_chunk_is_exact_by_construction() -> None:
     assert 128 * 128 * intmm.FLOAT32_EXACT_CHUNK <= 2**24
 
 
+@pytest.mark.parametrize("k", [1, 1024, 1025, 4096, 16384, 32768, 65535, 131072])
+def test_digit_split_is_exact_and_complete(k: int) -> None:
+    bits, count = intmm.digit_split(k)
+    values = np.arange(-128, 128, dtype=np.int64)
+    low = [(values >> (bits * d)) & (2**bits - 1) for d in range(count - 1)]
+    top = values >> (bits * (count - 1))
+    digits = [*low, top]
+    # the digits recombine to every int8 value ...
+    assert np.array_equal(sum(dig << (bits * d) for d, dig in enumerate(digits)), values)
+    # ... and each digit times any weight, summed over k, stays exact in float32
+    assert all(int(np.abs(dig).max()) * 128 * k <= 2**24 for dig in digits)
+
+
+def test_digit_split_limits() -> None:
+    assert intmm.digit_split(1024) == (8, 1)  # no split needed
+    assert intmm.digit_split(4096) == (5, 2)
+    assert intmm.digit_split(2**17 + 1) == (0, 0)  # beyond the digit mode: chunks of k
+
+
 @pytest.mark.parametrize(
     ("m", "k", "n"),
-    [(1, 1, 1), (3, 7, 5), (1, 4096, 300), (16, 1025, 129), (5, 3000, 1100), (2, 2048, 65)],
+    [
+        (1, 1, 1),
+        (3, 7, 5),
+        (1, 4096, 300),
+        (16, 1025, 129),
+        (5, 3000, 1100),
+        (2, 2048, 65),
+        (40, 2100, 70),  # more rows than the digit mode takes by default
+        (3, 17000, 9),  # three digits
+    ],
 )
 @pytest.mark.parametrize("layout", ["transposed", "contiguous", "strided"])
 def test_product_matches_int64(kernel: str, m: int, k: int, n: int, layout: str) -> None:

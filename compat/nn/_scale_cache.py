@@ -35,25 +35,38 @@ _Key = tuple[int, int, torch.Size, tuple[int, ...], torch.dtype, torch.device]
 
 
 class _Entry:
-    __slots__ = ("keep", "key", "offset", "scale", "value")
+    __slots__ = ("keep", "offset", "offset_key", "scale", "scale_key", "value")
 
     def __init__(
         self,
         scale: torch.Tensor,
         offset: torch.Tensor | None,
-        key: tuple[_Key, _Key | None],
         value: torch.Tensor,
     ) -> None:
         self.scale = scale
         self.offset = offset
-        self.key = key
+        self.scale_key = _key(scale)
+        self.offset_key = None if offset is None else _key(offset)
         self.value = value
         # detached aliases share the storage, so its address stays taken while cached
         self.keep = (scale.detach(), None if offset is None else offset.detach())
 
 
 def _key(t: torch.Tensor) -> _Key:
-    return (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device)
+    """What must not change: version counter first (the usual change), then storage."""
+    return (t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device)
+
+
+def _unchanged(t: torch.Tensor, key: _Key) -> bool:
+    # field by field, cheapest and likeliest to differ first (a forward's hot path)
+    return (
+        t._version == key[0]
+        and t.data_ptr() == key[1]
+        and t.shape == key[2]
+        and t.stride() == key[3]
+        and t.dtype == key[4]
+        and t.device == key[5]
+    )
 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
@@ -72,21 +85,27 @@ def cached_encoding(
     """``encode(scale, offset)``, reusing the value cached on ``owner`` when valid."""
     if _compiling():
         return encode(scale, offset)
+    entry = owner.__dict__.get(ATTRIBUTE)
     try:
-        key = (_key(scale), None if offset is None else _key(offset))
+        if (
+            type(entry) is _Entry
+            and entry.scale is scale
+            and entry.offset is offset
+            and _unchanged(scale, entry.scale_key)
+            and (
+                offset is None
+                or (entry.offset_key is not None and _unchanged(offset, entry.offset_key))
+            )
+        ):
+            return entry.value
     except (RuntimeError, AttributeError, TypeError):
         # inference tensors (no version counter), tensor subclasses without storage, ...
         return encode(scale, offset)
-    entry = owner.__dict__.get(ATTRIBUTE)
-    if (
-        isinstance(entry, _Entry)
-        and entry.scale is scale
-        and entry.offset is offset
-        and entry.key == key
-    ):
-        return entry.value
     value = encode(scale, offset)
-    owner.__dict__[ATTRIBUTE] = _Entry(scale, offset, key, value)
+    try:
+        owner.__dict__[ATTRIBUTE] = _Entry(scale, offset, value)
+    except (RuntimeError, AttributeError, TypeError):
+        owner.__dict__.pop(ATTRIBUTE, None)  # not cacheable: encode on every call
     return value
 
 

@@ -43,6 +43,9 @@ _ENV = "COMPAT_CPU_INT_MATMUL"
 # to run at full speed on it, small enough to stay in the last-level cache.
 _BLOCK_ELEMENTS = 2**21
 _MIN_BLOCK_COLS, _MAX_BLOCK_COLS = 64, 1024
+# Up to this many rows (m times the number of digits), one GEMM per block on the digits
+# of x1 beats one GEMM per chunk of k (measured: docs/performance.md).
+_DIGIT_ROWS = 32
 
 _Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -160,26 +163,53 @@ def block_cols(k: int, n: int) -> int:
     return min(n, cols)
 
 
+def digit_split(k: int) -> tuple[int, int]:
+    """``(bits, count)``: x1 is split into ``count`` digits of ``bits`` bits (the last one
+    signed, the others in [0, 2**bits)) so that ONE float32 GEMM over the whole k is
+    exact: every digit d has |d| * 128 * k <= 2**24. ``count`` is 1 for k <= 1024 and 0
+    where no split is possible (k > 2**17)."""
+    limit = 2**24 // (128 * k)  # the largest digit magnitude allowed
+    if limit >= 128:
+        return 8, 1
+    if limit < 1:
+        return 0, 0
+    bits = (limit + 1).bit_length() - 1  # 2**bits - 1 <= limit
+    count = 2
+    while 2 ** max(0, 7 - bits * (count - 1)) > limit:
+        count += 1
+    return bits, count
+
+
 def _blocked_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact ``a (m, k) @ b (k, n)`` for int8 2-D operands via float32 GEMMs.
 
     b is converted to float32 ``cols`` columns at a time into one scratch buffer laid out
     like b (a transposed view such as ``weight.t()`` keeps its k-contiguous layout), so
-    the conversion streams through memory; each block is multiplied chunk of k by chunk
-    of k (<= 1024, exact) and summed into the int32 output.
+    the conversion streams through memory. Each block is then multiplied either
+
+    * for few rows (m * digits <= ``_DIGIT_ROWS``): once, by the digits of a (see
+      :func:`digit_split`), stacked as extra rows; the digit products are recombined in
+      int32 at the end (Horner, every intermediate is a shifted x1 times x2, < 2**30);
+    * otherwise: chunk of k by chunk of k (<= 1024, exact), summed into the int32 output.
+
+    Fewer, larger GEMMs for small m also means fewer parallel regions per call, which
+    matters on a machine whose cores are shared with other processes.
     """
     m, k = a.shape
     n = b.shape[1]
     cols = block_cols(k, n)
     if k <= FLOAT32_EXACT_CHUNK and cols == n:  # one block, one chunk: fewest ops
         return torch.mm(a.to(torch.float32), b.to(torch.float32)).to(torch.int32)
-    af = a.to(torch.float32)
-    out = torch.empty((m, n), dtype=torch.int32, device=a.device)
     k_major = b.stride(0) == 1 and b.stride(1) != 1  # a .t() view of a contiguous (n, k)
     if k_major:
         buf = torch.empty((cols, k), dtype=torch.float32, device=a.device).t()
     else:
         buf = torch.empty((k, cols), dtype=torch.float32, device=a.device)
+    bits, count = digit_split(k)
+    if 0 < count and m * count <= _DIGIT_ROWS:
+        return _by_digits(a, b, buf, bits, count)
+    af = a.to(torch.float32)
+    out = torch.empty((m, n), dtype=torch.int32, device=a.device)
     chunks = [(s, min(s + FLOAT32_EXACT_CHUNK, k)) for s in range(0, k, FLOAT32_EXACT_CHUNK)]
     for start in range(0, n, cols):
         stop = min(start + cols, n)
@@ -193,6 +223,30 @@ def _blocked_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             else:
                 dest.add_(part.to(torch.int32))
     return out
+
+
+def _by_digits(
+    a: torch.Tensor, b: torch.Tensor, buf: torch.Tensor, bits: int, count: int
+) -> torch.Tensor:
+    m = a.shape[0]
+    n = b.shape[1]
+    cols = buf.shape[1]
+    ai = a.to(torch.int32)
+    digits = [(ai >> (bits * d)) & (2**bits - 1) for d in range(count - 1)]
+    digits.append(ai >> (bits * (count - 1)))  # signed top digit
+    rows = torch.cat(digits).to(torch.float32)  # (count * m, k)
+    # products of every digit row, column-major so that each block's GEMM writes a
+    # contiguous slice of it
+    prod = torch.empty((n, count * m), dtype=torch.float32, device=a.device).t()
+    for start in range(0, n, cols):
+        stop = min(start + cols, n)
+        block = buf[:, : stop - start]
+        block.copy_(b[:, start:stop])
+        torch.mm(rows, block, out=prod[:, start:stop])
+    acc = prod[(count - 1) * m :].to(torch.int32, memory_format=torch.contiguous_format)
+    for d in range(count - 2, -1, -1):
+        acc.mul_(2**bits).add_(prod[d * m : (d + 1) * m].to(torch.int32))
+    return acc
 
 
 def _register_blocked_float32_op() -> _Kernel | None:
