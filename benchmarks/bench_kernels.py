@@ -24,7 +24,7 @@ interleaved rounds (see ``bench_quant_matmul.py``).
 from __future__ import annotations
 
 import torch
-from bench_quant_matmul import Fn, interleaved_ms, machine_line, row, shape_parser
+from bench_quant_matmul import Fn, interleaved_ms, machine_line, row, shape_parser, start
 
 from compat.ops import intmm
 
@@ -55,12 +55,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--skip-int-mm-above", type=int, default=10**9, metavar="M")
     parser.add_argument("--int8pack-max-m", type=int, default=16, metavar="M")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, gen, w = start(parser)
     k, n = args.k, args.n
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
     w_t = w.t()
     w_t_contig = w_t.contiguous()
     w_f_t = w.float().t()  # the cached float32 copy (n * k * 4 bytes)

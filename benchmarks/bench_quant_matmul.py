@@ -166,6 +166,18 @@ def shape_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def start(
+    parser: argparse.ArgumentParser,
+) -> tuple[argparse.Namespace, torch.Generator, torch.Tensor]:
+    """Parse the arguments, apply ``--threads`` and make the seeded weight (n, k) int8."""
+    args = parser.parse_args()
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randint(-128, 128, (args.n, args.k), dtype=torch.int8, generator=gen)
+    return args, gen, w
+
+
 def main() -> None:
     parser = shape_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
@@ -184,14 +196,10 @@ def main() -> None:
         metavar="M",
         help="skip the raw _int_mm baseline for m > M (it is very slow here)",
     )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, gen, w = start(parser)
     if args.kernel:
         intmm.set_cpu_kernel(args.kernel)
     k, n = args.k, args.n
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
     w_t = w.t()
     scale = torch.rand(n, generator=gen) * 1e-3
     bias = torch.randint(-(2**16), 2**16, (n,), dtype=torch.int32, generator=gen)

@@ -45,7 +45,7 @@ _BLOCK_ELEMENTS = 2**21
 _MIN_BLOCK_COLS, _MAX_BLOCK_COLS = 64, 1024
 # Up to this many rows (m times the number of digits), one GEMM per block on the digits
 # of x1 beats one GEMM per chunk of k (measured: docs/performance.md).
-_DIGIT_ROWS = 32
+_DIGIT_ROWS = 64
 
 _Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
