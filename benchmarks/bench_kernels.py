@@ -4,8 +4,10 @@ Every candidate is checked bit for bit against compat's kernel before it is time
 (x (m, k) int8 times weight.t(), weight (n, k) int8, as LinearQuant calls the op):
 
 * ``compat``: ``compat.ops.intmm.int_matmul`` (the kernel the CPU reference uses);
-* ``blocked f32``: its float32 kernel, weight converted block by block into a reused
-  buffer, float32 GEMMs over chunks of k <= 1024 (exact), summed in int32;
+* ``digits`` / ``k-chunks``: its float32 kernel forced into one mode. Both convert the
+  weight block by block into a reused buffer; ``digits`` multiplies each block once by
+  x1 split into digits small enough for one exact float32 GEMM over the whole k,
+  ``k-chunks`` once per chunk of k <= 1024 (compat picks digits up to 64 digit rows);
 * ``_int_mm``: ``torch._int_mm`` with the transposed weight view, and ``_int_mm contig``
   with a contiguous (k, n) copy of it made once;
 * ``f32 whole``: the same chunked float32 GEMMs after converting the whole weight per
@@ -41,6 +43,16 @@ def chunked_f32(xf: torch.Tensor, wf_t: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def forced(x: torch.Tensor, w_t: torch.Tensor, digit_rows: int) -> torch.Tensor:
+    """compat's float32 kernel with its digit-mode threshold set to ``digit_rows``."""
+    saved = intmm._DIGIT_ROWS
+    intmm._DIGIT_ROWS = digit_rows
+    try:
+        return intmm._blocked_float32(x, w_t)
+    finally:
+        intmm._DIGIT_ROWS = saved
+
+
 def int8pack(xf: torch.Tensor, w_chunks: list[torch.Tensor], ones: torch.Tensor) -> torch.Tensor:
     total = torch.zeros((xf.shape[0], ones.shape[0]), dtype=torch.int32)
     for i, w_c in enumerate(w_chunks):
@@ -62,7 +74,8 @@ def main() -> None:
     w_f_t = w.float().t()  # the cached float32 copy (n * k * 4 bytes)
     w_chunks = [w[:, lo : lo + CHUNK].contiguous() for lo in range(0, k, CHUNK)]
     ones = torch.ones(n)
-    names = ["compat", "blocked f32", "_int_mm", "_int_mm contig", "f32 whole", "f32 cached"]
+    names = ["compat", "digits", "k-chunks", "_int_mm", "_int_mm contig", "f32 whole"]
+    names += ["f32 cached"]
     names += ["f64", "int8pack"]
     print(machine_line())
     print(f"k = {k}, n = {n}; times in ms (median of {args.rounds} interleaved rounds)\n")
@@ -72,7 +85,8 @@ def main() -> None:
         x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
         fns: dict[str, Fn] = {
             "compat": lambda x=x: intmm.int_matmul(x, w_t),
-            "blocked f32": lambda x=x: intmm._blocked_float32(x, w_t),
+            "digits": lambda x=x: forced(x, w_t, 10**9),
+            "k-chunks": lambda x=x: forced(x, w_t, 0),
             "f32 whole": lambda x=x: chunked_f32(x.float(), w_t.float()),
             "f32 cached": lambda x=x: chunked_f32(x.float(), w_f_t),
             "f64": lambda x=x: torch.mm(x.double(), w_t.double()).to(torch.int32),
