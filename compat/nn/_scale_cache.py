@@ -7,9 +7,9 @@ entry is reused only while, for both tensors:
 
 * the module still holds the *same* tensor object (a new Parameter, or
   ``load_state_dict(assign=True)``, replaces it);
-* its data pointer, shape, strides, dtype and device are unchanged (``.data = t``,
-  ``.to()``): the entry keeps an alias of the old storage alive, so a later allocation
-  cannot reuse that address and look unchanged;
+* its data pointer, shape and strides are unchanged (``.data = t``, ``.to()``): the
+  entry keeps an alias of the old storage alive, so a later allocation cannot reuse
+  that address and look unchanged (``.to()`` also drops the entry, via ``_apply``);
 * its version counter is unchanged: every in-place op through the tensor itself bumps
   it (``scale.mul_(2)``, ``scale.copy_(t)``, ``load_state_dict`` without assign, writes
   under ``torch.no_grad()``).
@@ -31,7 +31,7 @@ import torch
 
 ATTRIBUTE = "_compat_scale_cache"
 
-_Key = tuple[int, int, torch.Size, tuple[int, ...], torch.dtype, torch.device]
+_Key = tuple[int, int, torch.Size, tuple[int, ...]]
 
 
 class _Entry:
@@ -53,8 +53,14 @@ class _Entry:
 
 
 def _key(t: torch.Tensor) -> _Key:
-    """What must not change: version counter first (the usual change), then storage."""
-    return (t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device)
+    """What must not change: the version counter (in-place ops) and the view of storage.
+
+    dtype and device need no entry of their own: the old storage is kept alive, so a new
+    tensor on another device or of another dtype at the same address would have to be a
+    reinterpreting view of that very storage (a dtype-changing view fails the op's own
+    dtype checks; a float32 scale viewed as another dtype is no longer encoded at all).
+    """
+    return (t._version, t.data_ptr(), t.shape, t.stride())
 
 
 def _unchanged(t: torch.Tensor, key: _Key) -> bool:
@@ -64,16 +70,10 @@ def _unchanged(t: torch.Tensor, key: _Key) -> bool:
         and t.data_ptr() == key[1]
         and t.shape == key[2]
         and t.stride() == key[3]
-        and t.dtype == key[4]
-        and t.device == key[5]
     )
 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-
-
-def _compiling() -> bool:
-    return _is_compiling is not None and bool(_is_compiling())
 
 
 def cached_encoding(
@@ -83,7 +83,7 @@ def cached_encoding(
     encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
 ) -> torch.Tensor:
     """``encode(scale, offset)``, reusing the value cached on ``owner`` when valid."""
-    if _compiling():
+    if _is_compiling is not None and _is_compiling():  # the graph encodes, nothing cached
         return encode(scale, offset)
     entry = owner.__dict__.get(ATTRIBUTE)
     try:
