@@ -11,7 +11,9 @@ overflow; every kernel below returns the true integer product, bit for bit:
   they round the *inputs* (to 10 and 7 mantissa bits, exact for |v| <= 128 = 2**7) and
   still accumulate in float32. On CPU the weight operand is converted block by block (a
   few hundred columns of x2 at a time) into one reused float32 buffer, so the float copy
-  stays in cache and no large temporary is allocated per call.
+  stays in cache and no large temporary is allocated per call; for few rows, x1 is
+  split into digits small enough for one exact GEMM over the whole k instead of one
+  GEMM per chunk (:func:`digit_split`).
 * ``"int_mm"`` (default on CPUs with AVX512-VNNI or AMX, where oneDNN has real int8
   instructions): ``torch._int_mm`` on 2-D operands, batch dims of x1 folded into m.
 * CUDA: ``torch._int_mm`` where its shape rules hold, else float64 (integers below
