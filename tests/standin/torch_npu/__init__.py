@@ -30,8 +30,12 @@ class _NpuTensor(torch.Tensor):
     @staticmethod
     def __new__(cls, elem: torch.Tensor) -> _NpuTensor:
         return torch.Tensor._make_wrapper_subclass(  # type: ignore[attr-defined,no-any-return]
-            cls, elem.shape, strides=elem.stride(), dtype=elem.dtype,
-            device=torch.device("npu", 0), requires_grad=False,
+            cls,
+            elem.shape,
+            strides=elem.stride(),
+            dtype=elem.dtype,
+            device=torch.device("npu", 0),
+            requires_grad=False,
         )
 
     def __init__(self, elem: torch.Tensor) -> None:
@@ -57,7 +61,9 @@ def _filled(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return _NpuTensor(torch.full(shape, 7, dtype=dtype))
 
 
-def npu_trans_quant_param(scale: torch.Tensor, offset: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+def npu_trans_quant_param(
+    scale: torch.Tensor, offset: torch.Tensor | None = None, **kwargs: Any
+) -> torch.Tensor:
     standin_calls.append(("npu_trans_quant_param", (scale, offset), dict(kwargs)))
     return _filled(tuple(scale.shape), torch.int64)
 
@@ -65,15 +71,22 @@ def npu_trans_quant_param(scale: torch.Tensor, offset: torch.Tensor | None = Non
 _OLD = __version__.startswith("2.0.")
 
 
-def npu_quant_matmul(x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def npu_quant_matmul(
+    x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
     if _OLD and kwargs:
         raise TypeError("npu_quant_matmul() of torch 2.0 builds takes positional arguments only")
     if not _OLD and args:
         raise TypeError("npu_quant_matmul() takes 3 positional arguments")
     standin_calls.append(("npu_quant_matmul", (x1, x2, scale, *args), dict(kwargs)))
     out = args[2] if _OLD and len(args) > 2 else kwargs.get("output_dtype")
-    dtype = {None: torch.int8, "int8": torch.int8, "float16": torch.float16,
-             "bfloat16": torch.bfloat16, "int32": torch.int32}.get(out, out)
+    dtype = {
+        None: torch.int8,
+        "int8": torch.int8,
+        "float16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "int32": torch.int32,
+    }.get(out, out)
     return _filled((*x1.shape[:-1], x2.shape[-1]), dtype)
 
 

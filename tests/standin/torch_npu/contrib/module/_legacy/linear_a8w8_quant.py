@@ -12,13 +12,34 @@ from torch_npu.contrib.module.linear_quant import LinearQuant as _Impl
 
 
 class LinearA8W8Quant(_Impl.__bases__[0]):
-    def __init__(self, in_features, out_features, *, bias=True, offset=False,
-                 pertoken_scale=False, device=None, dtype=None, output_dtype=None):
-        warnings.warn("torch_npu.contrib.module.LinearA8W8Quant is deprecated and will be "  # noqa: B028 (as upstream)
-                      "removed in a future version. Use torch_npu.contrib.module.LinearQuant "
-                      "instead.", FutureWarning)
-        _Impl.__init__(self, in_features, out_features, bias=bias, offset=offset,
-                       pertoken_scale=pertoken_scale, device=device, dtype=dtype,
-                       output_dtype=output_dtype)
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        *,
+        bias=True,
+        offset=False,
+        pertoken_scale=False,
+        device=None,
+        dtype=None,
+        output_dtype=None,
+    ):
+        warnings.warn(
+            "torch_npu.contrib.module.LinearA8W8Quant is deprecated and will be "  # noqa: B028 (as upstream)
+            "removed in a future version. Use torch_npu.contrib.module.LinearQuant "
+            "instead.",
+            FutureWarning,
+        )
+        _Impl.__init__(
+            self,
+            in_features,
+            out_features,
+            bias=bias,
+            offset=offset,
+            pertoken_scale=pertoken_scale,
+            device=device,
+            dtype=dtype,
+            output_dtype=output_dtype,
+        )
 
     forward = _Impl.forward
