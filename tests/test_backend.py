@@ -143,3 +143,21 @@ def test_import_compat_does_not_import_torch() -> None:
     done = run_python("import sys, compat\nprint('torch' in sys.modules, compat.__version__)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "0.1.0"]
+
+
+@pytest.mark.parametrize(
+    ("version", "string_form"),
+    [
+        ("2.0.1", True),
+        ("2.0.0.post3", True),
+        ("2.1.0rc1", False),
+        ("2.1.0.post11", False),
+        ("2.13.0", False),
+    ],
+)
+def test_string_output_dtype_gate(version: str, string_form: bool) -> None:
+    from packaging.version import Version
+
+    from compat.ops.backend import NpuStatus
+
+    assert NpuStatus("available", version=Version(version)).string_output_dtype is string_form

@@ -94,3 +94,26 @@ def test_demo_oracle_detects_a_wrong_formula(monkeypatch: pytest.MonkeyPatch) ->
     from compat.cli.demo import main_sections
 
     assert main_sections(seed=0, device="cpu") is False
+
+
+def test_demo_int8_check_detects_missing_fp19_truncation(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the scale no longer truncated to 19 bits, the int8 layer must mismatch."""
+    from compat.ops import encoding
+
+    monkeypatch.setattr(encoding, "_FP19_MASK", 0xFFFFFFFF)
+    monkeypatch.setattr("compat.cli.demo.SECTIONS", [("core", "compat.cli._demo_core")])
+    from compat.cli.demo import main_sections
+
+    assert main_sections(seed=0, device="cpu") is False
+    fc1 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fc1"))
+    assert "MISMATCH" in fc1
+
+
+@pytest.mark.parametrize("device", ["bogus", "meta", "cuda:7"])
+def test_demo_bad_device_is_a_usage_error(device: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from compat.cli import main
+
+    assert main(["demo", "--device", device]) == 2
+    assert "--device" in capsys.readouterr().err

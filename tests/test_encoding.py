@@ -186,6 +186,19 @@ def test_decode_rejects_non_params(value, words) -> None:
         assert word in msg
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_encode_and_decode_under_fullgraph_compile() -> None:
+    def f(s: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return compat.decode_quant_param(compat.trans_quant_param(s, o, round_mode=1))
+
+    s, o = torch.tensor([0.3, -1e-40, 2.0]), torch.tensor([2.5, -300.0, 7.0])
+    torch._dynamo.reset()
+    got_s, got_o = torch.compile(f, fullgraph=True)(s, o)
+    exp_s, exp_o = oracle.decode(oracle.encode(s.numpy(), o.numpy(), 1))
+    np.testing.assert_array_equal(got_s.numpy(), exp_s)
+    np.testing.assert_array_equal(got_o.numpy(), exp_o.astype(np.float32))
+
+
 def test_decode_requires_int64() -> None:
     with pytest.raises(TypeError, match=r"'param' has dtype torch.int32; allowed: torch.int64"):
         compat.decode_quant_param(torch.ones(2, dtype=torch.int32))

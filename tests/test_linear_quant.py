@@ -40,6 +40,12 @@ def test_parameters_have_natural_dtypes_and_keys() -> None:
     assert bare.in_features == 16 and bare.out_features == 8 and bare.output_dtype is None
 
 
+def test_numpy_and_tensor_sizes_are_accepted() -> None:
+    m = compat.LinearQuant(np.int64(4), torch.tensor(3))
+    assert (m.in_features, m.out_features) == (4, 3) and type(m.in_features) is int
+    assert m.weight.shape == (3, 4)
+
+
 def test_device_is_honoured() -> None:
     m = compat.LinearQuant(4, 3, offset=True, device="meta")
     assert {p.device.type for p in m.parameters()} == {"meta"}
@@ -56,7 +62,9 @@ def test_keyword_only_like_upstream() -> None:
     ("kwargs", "exc", "words"),
     [
         (dict(in_features=0, out_features=3), ValueError, ["'in_features'", "0"]),
-        (dict(in_features=2, out_features=3.5), ValueError, ["'out_features'", "3.5"]),
+        (dict(in_features=2, out_features=3.5), TypeError, ["'out_features'", "float 3.5"]),
+        (dict(in_features=True, out_features=3), TypeError, ["'in_features'", "True"]),
+        (dict(in_features=2, out_features=-1), ValueError, ["'out_features'", "-1"]),
         (
             dict(in_features=2, out_features=3, output_dtype="int8"),
             TypeError,

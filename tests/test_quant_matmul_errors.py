@@ -170,6 +170,12 @@ CASES = [
         ValueError,
         ["'x2'", "65536", "65535"],
     ),
+    # values
+    (
+        dict(x1=x1(), x2=x2(), scale=S, offset=torch.tensor([0.0, float("nan"), 1.0])),
+        ValueError,
+        ["'offset'", "NaN"],
+    ),
     # devices
     (
         dict(x1=x1(), x2=x2(), scale=torch.ones(3, device="meta")),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 HELP = "run a small quantized model on the active backend and check it against a float64 oracle"
 
@@ -48,5 +49,29 @@ def main_sections(seed: int = 0, device: str = "cpu") -> bool:
     return True
 
 
+def _device_problem(device: str) -> str | None:
+    """Why ``device`` cannot run the demo, or None."""
+    from compat._torchload import ensure_torch
+
+    ensure_torch()
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        return f"argument --device: {device!r} is not a torch device ({err})"
+    if dev.type == "meta":
+        return "argument --device: 'meta' tensors have no values to check; use cpu or a real device"
+    try:
+        torch.zeros(1, device=dev)
+    except Exception as err:
+        return f"argument --device: {device!r} is not usable here ({type(err).__name__}: {err})"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = _device_problem(args.device)
+    if problem is not None:
+        print(f"python -m compat demo: error: {problem}", file=sys.stderr)
+        return 2
     return 0 if main_sections(args.seed, args.device) else 1

@@ -136,6 +136,13 @@ def _print_text(info: dict[str, Any]) -> None:
         print("torch_npu       absent (not installed): the pure-PyTorch reference runs everywhere")
     elif npu["state"] == "available":
         print(f"torch_npu       available, version {npu.get('version')}")
+    elif "imports but lacks" in str(npu.get("reason")):
+        print("torch_npu       imports, but is unusable for compat")
+        print(f"  reason        {npu.get('reason')}")
+        print(
+            "  hint          install a torch_npu that provides npu_quant_matmul and "
+            "npu_trans_quant_param. compat falls back to the reference backend."
+        )
     else:
         print("torch_npu       installed but failing to import")
         print(f"  reason        {npu.get('reason')}")

@@ -23,7 +23,7 @@ from compat.scan import (
 )
 from compat.scan.runner import Mode
 
-HELP = "Statically find (and --fix) uses of the deprecated LinearA8W8Quant; imports nothing."
+HELP = "statically find (and --fix) uses of the deprecated LinearA8W8Quant; imports nothing"
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1

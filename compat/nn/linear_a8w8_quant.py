@@ -112,12 +112,15 @@ def _int32_error(cls_name: str, value: object) -> ValueError:
 
 
 def _require_bool(cls_name: str, name: str, value: object) -> bool:
-    if not isinstance(value, bool):
+    """Upstream tested these flags for truthiness (``if bias:``): keep accepting 0/1,
+    None and numpy booleans, but refuse strings, which are always a mistake here
+    (``"False"`` is truthy)."""
+    if isinstance(value, (str, bytes)):
         raise TypeError(
             f"{cls_name}: argument {name!r} must be True or False, got "
             f"{type(value).__name__} {value!r}"
         )
-    return value
+    return bool(value)
 
 
 def replacement_kwargs(module: nn.Module) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Where torch_npu imports and provides ``LinearQuant``, this class subclasses it, 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +49,18 @@ def check_output_dtype(cls_name: str, output_dtype: object) -> torch.dtype | Non
 
 
 def _check_features(cls_name: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{cls_name}: argument {name!r} must be a positive int, got {value!r}")
-    return value
+    if isinstance(value, bool):
+        raise TypeError(f"{cls_name}: argument {name!r} must be a positive int, got {value!r}")
+    try:
+        size = operator.index(value)  # type: ignore[arg-type]  # int, numpy ints, 0-d tensors
+    except TypeError:
+        raise TypeError(
+            f"{cls_name}: argument {name!r} must be a positive int, got "
+            f"{type(value).__name__} {value!r}"
+        ) from None
+    if size <= 0:
+        raise ValueError(f"{cls_name}: argument {name!r} must be a positive int, got {size}")
+    return size
 
 
 class LinearQuant(_Base):
@@ -102,18 +112,18 @@ class LinearQuant(_Base):
         def param(shape: tuple[int, ...], dt: torch.dtype) -> nn.Parameter:
             return nn.Parameter(torch.empty(shape, dtype=dt, device=device), requires_grad=False)
 
-        self.weight = param((out_features, in_features), torch.int8)
-        self.scale = param((out_features,), torch.float32)
+        self.weight = param((self.out_features, self.in_features), torch.int8)
+        self.scale = param((self.out_features,), torch.float32)
         if offset:
-            self.offset = param((out_features,), torch.float32)
+            self.offset = param((self.out_features,), torch.float32)
         else:
             self.register_parameter("offset", None)
         if pertoken_scale:
-            self.pertoken_scale = param((out_features,), torch.float32)
+            self.pertoken_scale = param((self.out_features,), torch.float32)
         else:
             self.register_parameter("pertoken_scale", None)
         if bias:
-            self.bias = param((out_features,), torch.int32)
+            self.bias = param((self.out_features,), torch.int32)
         else:
             self.register_parameter("bias", None)
 

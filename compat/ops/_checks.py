@@ -8,6 +8,17 @@ from collections.abc import Iterable
 import torch
 
 
+def compiling() -> bool:
+    """Whether torch.compile is tracing (``torch.compiler.is_compiling`` is torch >= 2.3)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+def eager_values(tensor: torch.Tensor) -> bool:
+    """Whether value checks can run on ``tensor`` (not meta, not being traced)."""
+    return tensor.device.type != "meta" and not compiling()
+
+
 def dtype_name(dtype: torch.dtype | None) -> str:
     return "None" if dtype is None else str(dtype)
 

@@ -44,7 +44,10 @@ class NpuStatus:
     @property
     def string_output_dtype(self) -> bool:
         """True for torch 2.0 builds whose op takes ``output_dtype`` as a string."""
-        return self.version is not None and self.version < _FIRST_KEYWORD_OUTPUT_DTYPE
+        # compare release numbers: a 2.1.0rc build is already a 2.1 build
+        if self.version is None:
+            return False
+        return self.version.release < _FIRST_KEYWORD_OUTPUT_DTYPE.release
 
 
 _lock = threading.Lock()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from compat.ops import backend
-from compat.ops._checks import require_dtype, require_tensor, shape_str
+from compat.ops._checks import eager_values, require_dtype, require_tensor, shape_str
 
 _FP19_MASK = 0xFFFFE000  # sign, exponent and the top 10 mantissa bits of a float32
 _FLAG = 1 << 46
@@ -139,21 +139,15 @@ def trans_quant_param(
                     f"{func}: argument 'offset' has length {u} and 'scale' length {t}; they must "
                     f"be equal or one of them 1"
                 )
-        if (
-            offset.device.type != "meta"
-            and not _under_compile()
-            and bool(torch.isnan(offset).any())
-        ):
+        if offset.numel() == 0:
+            raise ValueError(f"{func}: argument 'offset' is empty (shape {shape_str(offset)})")
+        if eager_values(offset) and bool(torch.isnan(offset).any()):
             raise ValueError(f"{func}: argument 'offset' contains NaN; the offset must be a number")
     if backend.is_npu(scale) and backend.npu_status().available:
         return _npu_trans_quant_param(scale, offset, round_mode)
     if offset is not None:
         scale, offset = torch.broadcast_tensors(scale, offset)
     return encode(scale, offset, round_mode)
-
-
-def _under_compile() -> bool:
-    return bool(torch.compiler.is_compiling())
 
 
 def _npu_trans_quant_param(
@@ -186,7 +180,7 @@ def decode_quant_param(param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     func = "decode_quant_param"
     require_tensor(func, "param", param)
     require_dtype(func, "param", param, [torch.int64])
-    if param.device.type != "meta" and param.numel() > 0:
+    if eager_values(param) and param.numel() > 0:  # value checks: eager only
         flag_ok = ((param >> 46) & 1) == 1
         high_ok = (param >> 47) == 0  # arithmetic shift: also catches negative values
         gap_ok = ((param >> 32) & 0x1F) == 0

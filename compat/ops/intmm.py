@@ -38,6 +38,8 @@ from collections.abc import Callable
 
 import torch
 
+from compat.ops._checks import compiling
+
 FLOAT32_EXACT_CHUNK = 1024  # 128 * 128 * 1024 == 2**24, the float32 exact-integer limit
 CPU_KERNELS = ("auto", "float", "int_mm")
 _ENV = "COMPAT_CPU_INT_MATMUL"
@@ -102,11 +104,6 @@ def set_cpu_kernel(choice: str) -> str:
     return previous
 
 
-def _compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
-
-
 def int_matmul(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """``x1 @ x2`` for int8 operands with broadcast batch dims, as exact int32."""
     device = x1.device.type
@@ -114,7 +111,7 @@ def int_matmul(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     if device == "cpu":
         if _cpu_kernel == "int_mm":
             kernel = torch._int_mm
-        elif _compiling():
+        elif compiling():
             # inductor compiles the buffer-reusing kernel worse than eager runs it: hand it
             # over as one opaque custom op where torch has them (>= 2.4)
             kernel = _blocked_float32_op if _blocked_float32_op is not None else _chunked_float32

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from compat.ops import backend
-from compat.ops._checks import allowed, require_tensor, shape_str
+from compat.ops._checks import allowed, eager_values, require_tensor, shape_str
 from compat.ops.reference import reference_quant_matmul
 
 _FUNC = "quant_matmul"
@@ -271,6 +271,13 @@ def plan(
     _check_devices(x1, {"x2": x2, **tensors})
     a4w4 = _check_dtypes(x1, x2, tensors, out)
     transposed, out_shape = _check_shapes(x1, x2, tensors, a4w4)
+    if (
+        offset is not None
+        and scale.dtype == _F32
+        and eager_values(offset)
+        and bool(torch.isnan(offset).any())
+    ):  # the offset is folded into the quant param: NaN has no 9-bit value
+        raise ValueError(f"{_FUNC}: argument 'offset' contains NaN; the offset must be a number")
     return _Plan(out, a4w4, transposed, out_shape)
 
 

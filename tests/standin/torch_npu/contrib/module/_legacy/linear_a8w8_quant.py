@@ -24,8 +24,9 @@ class LinearA8W8Quant(_Impl.__bases__[0]):
         dtype=None,
         output_dtype=None,
     ):
-        warnings.warn(
-            "torch_npu.contrib.module.LinearA8W8Quant is deprecated and will be "  # noqa: B028 (as upstream)
+        # no stacklevel, as upstream
+        warnings.warn(  # noqa: B028
+            "torch_npu.contrib.module.LinearA8W8Quant is deprecated and will be "
             "removed in a future version. Use torch_npu.contrib.module.LinearQuant "
             "instead.",
             FutureWarning,
