@@ -20,7 +20,8 @@ from compat.checkpoint._hook import FORMAT_VERSION, load_linear_quant_state
 from compat.nn import _scale_cache
 from compat.nn._upstream import upstream_class
 from compat.ops.encoding import trans_quant_param
-from compat.ops.quant_matmul import OUTPUT_DTYPES, quant_matmul
+from compat.ops.quant_matmul import check_output_dtype, quant_matmul
+from compat.ops.reference import folds_float_scale
 
 if TYPE_CHECKING:
     _Base = nn.Module
@@ -28,24 +29,6 @@ else:
     _Base = upstream_class("LinearQuant") or nn.Module
 
 _INPUT_PAIRS = ((torch.int8, torch.int8), (torch.int32, torch.int32))
-
-
-def check_output_dtype(cls_name: str, output_dtype: object) -> torch.dtype | None:
-    """Validate a module's ``output_dtype`` argument (None or a supported dtype)."""
-    if output_dtype is None:
-        return None
-    if not isinstance(output_dtype, torch.dtype):
-        raise TypeError(
-            f"{cls_name}: argument 'output_dtype' must be a torch.dtype or None, got "
-            f"{type(output_dtype).__name__} {output_dtype!r}; allowed: "
-            f"{', '.join(map(str, OUTPUT_DTYPES))}, None"
-        )
-    if output_dtype not in OUTPUT_DTYPES:
-        raise ValueError(
-            f"{cls_name}: argument 'output_dtype' is {output_dtype}; allowed: "
-            f"{', '.join(map(str, OUTPUT_DTYPES))}, None (= torch.int8)"
-        )
-    return output_dtype
 
 
 def _check_features(cls_name: str, name: str, value: object) -> int:
@@ -142,10 +125,8 @@ class LinearQuant(_Base):
 
     def _scale_needs_encoding(self) -> bool:
         """Whether forward passes the scale to the op as an int64 quant param (L3 rule)."""
-        return (
-            self.scale.dtype == torch.float32
-            and self.pertoken_scale is None
-            and self.output_dtype not in (torch.bfloat16, torch.int32)
+        return folds_float_scale(
+            self.scale.dtype, self.output_dtype, has_pertoken=self.pertoken_scale is not None
         )
 
     def _forward_scale(self) -> torch.Tensor:

@@ -60,18 +60,22 @@ def _kind(a4w4: bool) -> str:
     return "A4W4 (x1/x2 int32)" if a4w4 else "A8W8 (x1/x2 int8)"
 
 
-def _check_output_dtype(output_dtype: object) -> torch.dtype:
+def check_output_dtype(func: str, output_dtype: object) -> torch.dtype | None:
+    """Validate an ``output_dtype`` argument of ``func``: None or a supported dtype.
+
+    None is returned as is: it means int8 in every version of the op.
+    """
     if output_dtype is None:
-        return torch.int8  # None means int8 in every version of the op
+        return None
     if not isinstance(output_dtype, torch.dtype):
         raise TypeError(
-            f"{_FUNC}: argument 'output_dtype' must be a torch.dtype or None, got "
+            f"{func}: argument 'output_dtype' must be a torch.dtype or None, got "
             f"{type(output_dtype).__name__} {output_dtype!r}; allowed: "
             f"{allowed(OUTPUT_DTYPES)}, None"
         )
     if output_dtype not in OUTPUT_DTYPES:
         raise ValueError(
-            f"{_FUNC}: argument 'output_dtype' is {output_dtype}; allowed: "
+            f"{func}: argument 'output_dtype' is {output_dtype}; allowed: "
             f"{allowed(OUTPUT_DTYPES)}, None (= torch.int8)"
         )
     return output_dtype
@@ -266,7 +270,8 @@ def plan(
     for name, t in optional.items():
         if t is not None:
             require_tensor(_FUNC, name, t)
-    out = _check_output_dtype(output_dtype)
+    checked = check_output_dtype(_FUNC, output_dtype)
+    out = torch.int8 if checked is None else checked
     tensors: dict[str, torch.Tensor | None] = {"scale": scale, **optional}
     _check_devices(x1, {"x2": x2, **tensors})
     a4w4 = _check_dtypes(x1, x2, tensors, out)

@@ -58,6 +58,22 @@ def _wrapping_add_int32_(acc: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return acc.add_(near.to(torch.int32)).bitwise_xor_(flip)
 
 
+def folds_float_scale(
+    scale_dtype: torch.dtype, output_dtype: torch.dtype | None, *, has_pertoken: bool
+) -> bool:
+    """Whether a scale is encoded to an int64 quant param before the op runs.
+
+    op-plugin does so for a float32 scale without pertoken and with int8 (also ``None``)
+    or float16 output; upstream ``LinearQuant`` (variant L3) applies the same rule in its
+    forward. The encoding truncates the scale to 19 bits and folds in the offset.
+    """
+    return (
+        scale_dtype == torch.float32
+        and not has_pertoken
+        and output_dtype in (None, torch.int8, torch.float16)
+    )
+
+
 def effective_scale(
     scale: torch.Tensor,
     offset: torch.Tensor | None,
@@ -77,8 +93,7 @@ def effective_scale(
     if scale.dtype == torch.int64:
         s, off = decode(scale)
         return s, off
-    folded = output_dtype in (torch.int8, torch.float16)
-    if scale.dtype == torch.float32 and not has_pertoken and folded:
+    if folds_float_scale(scale.dtype, output_dtype, has_pertoken=has_pertoken):
         if offset is not None:
             scale, offset = torch.broadcast_tensors(scale, offset)
         s, off = decode(encode(scale, offset, 0))
