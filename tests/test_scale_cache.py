@@ -108,6 +108,38 @@ def test_no_encoding_when_scale_is_not_encoded(encodings: Counter) -> None:
     assert encodings.calls == 0
 
 
+def test_entry_is_not_reused_after_the_encoding_rule_changes(encodings: Counter) -> None:
+    # cached under float16 output; bfloat16 output takes the float32 scale itself (the op
+    # refuses an int64 scale there), so a reused entry would raise instead of matching
+    m, x = _module(), _x()
+    _check(m, x)
+    m.output_dtype = torch.bfloat16
+    _check(m, x)
+    assert encodings.calls == 1
+    m.output_dtype = F16  # the float16 entry is still valid: reused, not re-encoded
+    _check(m, x)
+    assert encodings.calls == 1
+    # a pertoken scale switches the rule off too (same float16 output): the op then gets
+    # the float32 scale, not the cached int64 param
+    xs = _x()
+    m.pertoken_scale = torch.nn.Parameter(
+        torch.rand(xs.shape[0], generator=torch.Generator().manual_seed(2)) + 0.5,
+        requires_grad=False,
+    )
+    want = oracle.quant_matmul(
+        xs.numpy(),
+        m.weight.detach().numpy().T,
+        m.scale.detach().numpy(),
+        pertoken=m.pertoken_scale.detach().numpy(),
+        bias=m.bias.detach().numpy(),
+        bias_kind="int32",
+        out="float16",
+        scale_kind="float32",
+    )
+    np.testing.assert_array_equal(as_numpy(m(xs)), want)
+    assert encodings.calls == 1
+
+
 # ------------------------------------------------------------------ invalidation
 def test_new_parameter(encodings: Counter) -> None:
     m, x = _module(), _x()

@@ -12,7 +12,9 @@ entry is reused only while, for both tensors:
   that address and look unchanged (``.to()`` also drops the entry, via ``_apply``);
 * its version counter is unchanged: every in-place op through the tensor itself bumps
   it (``scale.mul_(2)``, ``scale.copy_(t)``, ``load_state_dict`` without assign, writes
-  under ``torch.no_grad()``).
+  under ``torch.no_grad()``);
+* and the module's encoding rule is the one the entry was made under (its output dtype
+  and whether it has a pertoken scale), so a hit also answers whether to encode at all.
 
 Not detectable: in-place writes through the ``.data`` alias (``scale.data.mul_(2)``,
 ``scale.data[0] = 1``), since ``.data`` is a tensor with its own version counter, by
@@ -25,7 +27,7 @@ they have no version counter) and for tensors without a data pointer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -35,18 +37,20 @@ _Key = tuple[int, int, torch.Size, tuple[int, ...]]
 
 
 class _Entry:
-    __slots__ = ("keep", "offset", "offset_key", "scale", "scale_key", "value")
+    __slots__ = ("keep", "offset", "offset_key", "rule", "scale", "scale_key", "value")
 
     def __init__(
         self,
         scale: torch.Tensor,
         offset: torch.Tensor | None,
+        rule: Hashable,
         value: torch.Tensor,
     ) -> None:
         self.scale = scale
         self.offset = offset
         self.scale_key = _key(scale)
         self.offset_key = None if offset is None else _key(offset)
+        self.rule = rule
         self.value = value
         # detached aliases share the storage, so its address stays taken while cached
         self.keep = (scale.detach(), None if offset is None else offset.detach())
@@ -76,21 +80,30 @@ def _unchanged(t: torch.Tensor, key: _Key) -> bool:
 _is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
 
 
-def cached_encoding(
+def lookup(
     owner: torch.nn.Module,
     scale: torch.Tensor,
     offset: torch.Tensor | None,
-    encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-) -> torch.Tensor:
-    """``encode(scale, offset)``, reusing the value cached on ``owner`` when valid."""
-    if _is_compiling is not None and _is_compiling():  # the graph encodes, nothing cached
-        return encode(scale, offset)
+    rule: Hashable,
+) -> torch.Tensor | None:
+    """The value cached on ``owner`` for these tensors, or None if there is no valid one.
+
+    ``rule`` is whatever else decided that the scale is encoded (the module's output
+    dtype, whether it has a pertoken scale): an entry made under another rule is not
+    reused. A hit therefore answers both "encode?" and "to what?" in one check, which
+    keeps a cached forward as cheap as one with a pre-encoded int64 scale.
+    """
+    if _is_compiling is not None and _is_compiling():
+        return None  # the graph encodes while tracing; the cache is not even read
     entry = owner.__dict__.get(ATTRIBUTE)
+    if entry is None:
+        return None
     try:
         if (
             type(entry) is _Entry
             and entry.scale is scale
             and entry.offset is offset
+            and entry.rule == rule
             and _unchanged(scale, entry.scale_key)
             and (
                 offset is None
@@ -99,11 +112,26 @@ def cached_encoding(
         ):
             return entry.value
     except (RuntimeError, AttributeError, TypeError):
-        # inference tensors (no version counter), tensor subclasses without storage, ...
-        return encode(scale, offset)
+        pass  # inference tensors (no version counter), tensor subclasses without storage
+    return None
+
+
+def cached_encoding(
+    owner: torch.nn.Module,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None,
+    rule: Hashable,
+    encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> torch.Tensor:
+    """``encode(scale, offset)``, reusing the value cached on ``owner`` when valid."""
+    hit = lookup(owner, scale, offset, rule)
+    if hit is not None:
+        return hit
     value = encode(scale, offset)
+    if _is_compiling is not None and _is_compiling():  # the graph encodes, nothing cached
+        return value
     try:
-        owner.__dict__[ATTRIBUTE] = _Entry(scale, offset, value)
+        owner.__dict__[ATTRIBUTE] = _Entry(scale, offset, rule, value)
     except (RuntimeError, AttributeError, TypeError):
         owner.__dict__.pop(ATTRIBUTE, None)  # not cacheable: encode on every call
     return value
