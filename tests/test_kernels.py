@@ -7,7 +7,7 @@ calls the code under test to build an expected value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import oracle
@@ -223,6 +223,56 @@ def test_kernel_selection_api() -> None:
             intmm.set_cpu_kernel("fbgemm")
     finally:
         intmm.set_cpu_kernel(previous)
+
+
+def _saturating_int_mm(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """A model of int8 GEMMs on CPUs without VNNI (``vpmaddubsw``): x1 + 128 as uint8
+    times x2, adjacent products summed in pairs with int16 saturation, then
+    128 * column sums taken off. Exact unless a pair sum leaves int16."""
+    u = x1.to(torch.int32) + 128
+    products = u[:, :, None] * x2.to(torch.int32)[None]  # (m, k, n)
+    pairs = products.view(x1.shape[0], -1, 2, x2.shape[1]).sum(2).clamp(-(2**15), 2**15 - 1)
+    return pairs.sum(1, dtype=torch.int32) - 128 * x2.to(torch.int32).sum(0)
+
+
+@pytest.mark.parametrize(
+    ("fast_int8", "int_mm", "expected"),
+    [
+        (False, None, "float"),  # no VNNI/AMX: never probed
+        (True, None, "int_mm"),  # this torch's _int_mm is exact (slow here, but exact)
+        (True, _saturating_int_mm, "float"),
+        (True, "raises", "float"),
+    ],
+)
+def test_auto_selects_int_mm_only_when_it_is_exact(
+    monkeypatch: pytest.MonkeyPatch,
+    fast_int8: bool,
+    int_mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | str | None,
+    expected: str,
+) -> None:
+    def raises(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("_int_mm: not implemented for this CPU")
+
+    monkeypatch.setattr(intmm, "_cpu_has_fast_int8", lambda: fast_int8)
+    if int_mm is not None:
+        monkeypatch.setattr(torch, "_int_mm", raises if int_mm == "raises" else int_mm)
+    previous = intmm.set_cpu_kernel("auto")
+    try:
+        assert intmm.cpu_kernel() == expected
+    finally:
+        intmm.set_cpu_kernel(previous)
+
+
+def test_saturating_model_is_exact_without_saturation() -> None:
+    # the model above is a faithful GEMM except for the saturation it is there to show
+    g = torch.Generator().manual_seed(5)
+    x1 = torch.randint(-128, 0, (4, 64), dtype=I8, generator=g)  # x1 + 128 <= 127
+    x2 = torch.randint(-128, 128, (64, 8), dtype=I8, generator=g)
+    want = torch.from_numpy(x1.numpy().astype(np.int64) @ x2.numpy().astype(np.int64))
+    assert torch.equal(_saturating_int_mm(x1, x2).to(torch.int64), want)
+    x1 = torch.full((1, 64), 127, dtype=I8)
+    x2 = torch.full((64, 1), -128, dtype=I8)
+    assert _saturating_int_mm(x1, x2).item() != 127 * -128 * 64
 
 
 @pytest.mark.parametrize(("value", "expected"), [("float", "float"), (" INT_MM ", "int_mm")])

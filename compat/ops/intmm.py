@@ -15,7 +15,8 @@ overflow; every kernel below returns the true integer product, bit for bit:
   split into digits small enough for one exact GEMM over the whole k instead of one
   GEMM per chunk (:func:`digit_split`).
 * ``"int_mm"`` (default on CPUs with AVX512-VNNI or AMX, where oneDNN has real int8
-  instructions): ``torch._int_mm`` on 2-D operands, batch dims of x1 folded into m.
+  instructions, once a small adversarial product has come out exact):
+  ``torch._int_mm`` on 2-D operands, batch dims of x1 folded into m.
 * CUDA: ``torch._int_mm`` where its shape rules hold, else float64 (integers below
   2**53 are exact whatever the summation order).
 * anything else (meta, MPS, XPU, ...): the same chunked float32 products, written
@@ -67,13 +68,34 @@ def _cpu_has_fast_int8() -> bool:
     return False
 
 
+def _int_mm_is_exact() -> bool:
+    """Whether ``torch._int_mm`` returns the true product here, on operands that break
+    the usual shortcuts: full-range rows and columns (127 against -128 saturates a
+    16-bit sum of two u8 x s8 products, the ``vpmaddubsw`` path of CPUs without VNNI)
+    and random ones, with the weight as the transposed view LinearQuant passes.
+
+    ``auto`` trusts the CPU flags only after this check: a CPU that reports VNNI or AMX
+    but runs a saturating (or otherwise inexact) path keeps the float32 kernel.
+    """
+    try:
+        g = torch.Generator().manual_seed(0)
+        x1 = torch.randint(-128, 128, (32, 1024), dtype=torch.int8, generator=g)
+        w = torch.randint(-128, 128, (128, 1024), dtype=torch.int8, generator=g)
+        x1[0], x1[1], x1[2, ::2] = 127, -128, 127
+        w[0], w[1], w[2, 1::2] = -128, 127, -128
+        got = torch._int_mm(x1, w.t())
+        return got.dtype == torch.int32 and torch.equal(got, _chunked_float32(x1, w.t()))
+    except (AttributeError, NotImplementedError, RuntimeError):  # missing or failing op
+        return False
+
+
 def _resolve(choice: str) -> str:
     if choice not in CPU_KERNELS:
         raise ValueError(
             f"CPU int8 matmul kernel {choice!r} is unknown; allowed: {', '.join(CPU_KERNELS)}"
         )
     if choice == "auto":
-        return "int_mm" if _cpu_has_fast_int8() else "float"
+        return "int_mm" if _cpu_has_fast_int8() and _int_mm_is_exact() else "float"
     return choice
 
 
@@ -85,9 +107,6 @@ def _from_env() -> str:
             f"allowed: {', '.join(CPU_KERNELS)}"
         )
     return _resolve(value)
-
-
-_cpu_kernel = _from_env()
 
 
 def cpu_kernel() -> str:
@@ -293,3 +312,5 @@ def _chunked_float32(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
 
 
 _blocked_float32_op = _register_blocked_float32_op()
+# resolved last: "auto" runs _int_mm_is_exact, which needs _chunked_float32
+_cpu_kernel = _from_env()
