@@ -59,6 +59,21 @@ def test_round_mode_1_overflow_to_inf() -> None:
     )
 
 
+def test_round_mode_none_means_zero() -> None:
+    # op-plugin's schema is `int? round_mode=0` and its eager code uses value_or(0)
+    s = torch.tensor([0.1, 3.0e-3, 1.0], dtype=torch.float32)
+    o = torch.tensor([2.4, -7.5, 0.0], dtype=torch.float32)
+    got = compat.trans_quant_param(s, o, None).tolist()
+    bits = s.view(torch.int32).tolist()
+    # independent: fp19 truncation of the float32 bits, offset rint half-even to 9 bits
+    offsets = [2, -8, 0]
+    want = [
+        (b & 0xFFFFE000) | ((q & 0x1FF) << 37) | (1 << 46)
+        for b, q in zip(bits, offsets, strict=True)
+    ]
+    assert got == want
+
+
 def test_negative_denormal_flushes_to_negative_zero() -> None:
     q = compat.trans_quant_param(torch.tensor([-1e-40]), round_mode=1).item()
     assert q == (1 << 31) | (1 << 46)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import compat
+from compat.ops.quant_matmul import _is_transposed_2d
 
 I8, I32, I64 = torch.int8, torch.int32, torch.int64
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
@@ -201,6 +202,54 @@ def test_transposed_x2_limit_applies_to_k_only() -> None:
     w = torch.zeros(65536, 2, dtype=I8)
     out = compat.quant_matmul(torch.zeros(1, 2, dtype=I8), w.t(), torch.ones(1), output_dtype=I32)
     assert out.shape == (1, 65536)
+
+
+def test_limit_counts_the_storage_of_a_transposed_x1() -> None:
+    # x1 = the (m, k) transposed view of a contiguous (k, m) tensor: CANN swaps it back
+    # first, so its last dim is m; k = 70000 is fine there, m = 70000 is not
+    ok = compat.quant_matmul(
+        torch.ones(70000, 2, dtype=I8).t(), torch.ones(70000, 3, dtype=I8), S, output_dtype=I32
+    )
+    assert ok.shape == (2, 3) and bool((ok == 70000).all())
+    with pytest.raises(ValueError, match=r"'x1' as the NPU sees it is 70000.*transposed view"):
+        compat.quant_matmul(torch.ones(4, 70000, dtype=I8).t(), x2(4, 3), S)
+
+
+def test_a4w4_limit_counts_int4_elements() -> None:
+    # x1 (m, k/8) int32 with k/8 = 8192 is k = 65536 int4 values: over the limit
+    with pytest.raises(ValueError, match=r"'x1' as the NPU sees it is 65536.*8 per int32"):
+        compat.quant_matmul(
+            x1(1, 8192, dtype=I32), x2(65536, 1, dtype=I32), torch.ones(8), output_dtype=F16
+        )
+    # n = 8 * 8192 = 65536 through a non-transposed (k, n/8) x2
+    with pytest.raises(ValueError, match="'x2' as the NPU sees it is 65536"):
+        compat.quant_matmul(
+            x1(1, 1, dtype=I32), x2(8, 8192, dtype=I32), torch.ones(1), output_dtype=F16
+        )
+
+
+def test_transpose_of_a_single_column_weight_follows_cann() -> None:
+    # weight (n, 1) int32 (A4W4, k = 8): weight.t() has shape (1, n) and strides (1, 1),
+    # contiguous for PyTorch but a transposed x2 for CANN (storage (n, k/8))
+    n = 8
+    w = torch.tensor([1, -1, 7, -8, 3, 0, 2, -5], dtype=I32).view(n, 1)  # int4 in bits 0-3
+    x = torch.full((2, 1), 0x11111111, dtype=I32)  # eight int4 ones: k = 8
+    out = compat.quant_matmul(x, w.t(), torch.ones(n), output_dtype=F16)
+    assert out.shape == (2, n)
+
+    # x's nibbles are all 1, so each output is the sum of the eight signed nibbles of w's
+    # int32 (e.g. -1 = 0xFFFFFFFF holds eight -1s)
+    def nibble_sum(v: int) -> int:
+        u = v & 0xFFFFFFFF
+        return sum(((u >> (4 * i)) & 0xF) - (16 if (u >> (4 * i)) & 0x8 else 0) for i in range(8))
+
+    want = torch.tensor([nibble_sum(v) for v in w.view(-1).tolist()], dtype=F16).expand(2, n)
+    assert torch.equal(out, want)
+    m = compat.LinearQuant(1, n, bias=False, output_dtype=F16)
+    m.weight.data, m.scale.data = w.clone(), torch.ones(n)
+    assert torch.equal(m(x), want)
+    # a (1, 1) operand is never transposed
+    assert not _is_transposed_2d(torch.ones(1, 1, dtype=I8).t())
 
 
 def test_pertoken_required_for_a4w4_bf16() -> None:

@@ -88,7 +88,7 @@ def decode(param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # --------------------------------------------------------------------------- public API
 def trans_quant_param(
-    scale: torch.Tensor, offset: torch.Tensor | None = None, round_mode: int = 0
+    scale: torch.Tensor, offset: torch.Tensor | None = None, round_mode: int | None = 0
 ) -> torch.Tensor:
     """Encode a float32 ``scale`` (and optional ``offset``) as int64 quant params.
 
@@ -96,18 +96,23 @@ def trans_quant_param(
     2-D ``(1, n)``; ``offset`` has the same rank; a length-1 operand broadcasts.
     ``round_mode=0`` truncates the scale to 19 bits, ``round_mode=1`` rounds it
     half-to-even and flushes zero/denormal scales to signed zero. The offset is rounded
-    half-to-even and saturated to [-256, 255]. On an NPU tensor the call is delegated to
+    half-to-even and saturated to [-256, 255]. ``round_mode=None`` means 0, as in
+    op-plugin's schema (``int? round_mode=0``). On an NPU tensor the call is delegated to
     torch_npu; elsewhere the reference runs.
     """
     func = "trans_quant_param"
     require_tensor(func, "scale", scale)
     require_dtype(func, "scale", scale, [torch.float32])
+    if round_mode is None:
+        round_mode = 0
     if (
         isinstance(round_mode, bool)
         or not isinstance(round_mode, int)
         or round_mode not in ROUND_MODES
     ):
-        raise ValueError(f"{func}: argument 'round_mode' is {round_mode!r}; allowed: 0, 1")
+        raise ValueError(
+            f"{func}: argument 'round_mode' is {round_mode!r}; allowed: 0, 1 (None means 0)"
+        )
     if scale.dim() not in (1, 2) or (scale.dim() == 2 and scale.shape[0] != 1):
         raise ValueError(
             f"{func}: argument 'scale' has shape {shape_str(scale)}; allowed: (t,) or (1, n)"

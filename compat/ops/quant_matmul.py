@@ -138,10 +138,18 @@ def _check_dtypes(
 
 
 def _is_transposed_2d(x: torch.Tensor) -> bool:
-    """A ``.t()`` view of a contiguous matrix (how LinearQuant passes its weight)."""
-    if x.dim() < 2 or x.is_contiguous():
+    """Whether CANN takes ``x`` as the transpose of a contiguous matrix (how LinearQuant
+    passes its weight), from its strides alone: ``stride(-2) == 1`` and
+    ``stride(-1) == size(-2)``, except when both last dims are 1 (CANN's
+    ``IsTransposeLastTwoDims``). PyTorch's ``is_contiguous`` is no guide: the ``.t()`` of
+    an ``(n, 1)`` weight, shape ``(1, n)`` with strides ``(1, 1)``, counts as contiguous
+    for PyTorch but is transposed for CANN (its storage's last dim is k = 1)."""
+    if x.dim() < 2:
         return False
-    return x.stride(-2) == 1 and x.stride(-1) == x.shape[-2]
+    rows, cols = x.shape[-2], x.shape[-1]
+    if rows == 1 and cols == 1:
+        return False
+    return x.stride(-2) == 1 and x.stride(-1) == rows
 
 
 def _check_shapes(
@@ -189,16 +197,21 @@ def _check_shapes(
                 f"{shape_str(x1)}) but x2 has k={x2.shape[-2]} (shape {shape_str(x2)})"
             )
         n = x2.shape[-1]
-    for name, size in (("x1", x1.shape[-1]), ("x2", x2.shape[-2] if transposed else x2.shape[-1])):
+    # The limit applies to the last dim of each operand's storage (a transposed view is
+    # swapped back first), and for A4W4 to the int4 sizes, i.e. 8x the packed int32 dim
+    # (ops-nn aclnn_quant_matmul_v4.cpp: MaxDimCheck runs after ConvertTensorToInt4).
+    unit = 8 if a4w4 else 1
+    for name, t, t_transposed in (("x1", x1, _is_transposed_2d(x1)), ("x2", x2, transposed)):
+        size = unit * (t.shape[-2] if t_transposed else t.shape[-1])
         if size > MAX_LAST_DIM:
+            notes = []
+            if t_transposed:
+                notes.append(f"{name} is a transposed view, so its storage's last dim counts")
+            if a4w4:
+                notes.append("A4W4 counts int4 elements, 8 per int32")
             raise ValueError(
                 f"{_FUNC}: the last dim of {name!r} as the NPU sees it is {size}; allowed: at "
-                f"most {MAX_LAST_DIM}"
-                + (
-                    " (x2 is a transposed view, so its storage's last dim is k)"
-                    if name == "x2" and transposed
-                    else ""
-                )
+                f"most {MAX_LAST_DIM}" + (f" ({'; '.join(notes)})" if notes else "")
             )
     try:
         batch = tuple(torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2]))
