@@ -146,6 +146,16 @@ LEGAL_CASES: list[tuple[str, dict[str, Any], dict[str, torch.Tensor]]] = [
             bias=torch.arange(N, dtype=I32),
         ),
     ),
+    (
+        "A4W4 bf16 pertoken",
+        dict(output_dtype=BF16, pertoken_scale=True),
+        dict(
+            weight=torch.randint(-(2**31), 2**31 - 1, (N, K), dtype=I32, generator=gen(6)),
+            scale=scale(),
+            pertoken_scale=torch.rand(3) + 0.5,
+            bias=torch.randn(N).to(BF16),
+        ),
+    ),
 ]
 
 
@@ -311,6 +321,52 @@ ERROR_CASES: list[tuple[str, dict[str, Any], dict[str, torch.Tensor], list[str]]
         dict(output_dtype=BF16),
         dict(scale=encode_np(scale().numpy(), np.full(N, 7.0))),
         ["'body.0.fc.scale'", "offset 7", "output_dtype=torch.bfloat16"],
+    ),
+    # an int32 (A4W4) weight: quant_matmul takes it for float16 output, or bfloat16 output
+    # with pertoken_scale (spec §2.5, §2.7), never for int8/int32 output
+    (
+        "A4W4 weight for int8 output",
+        {},
+        dict(weight=weight().to(I32)),
+        [
+            "'body.0.fc.weight'",
+            "torch.int32",
+            "for output_dtype=torch.int8",
+            "torch.float16 (with or without pertoken_scale)",
+            "torch.bfloat16 (with pertoken_scale)",
+            "allowed here: torch.int8",
+        ],
+    ),
+    (
+        "A4W4 weight for int32 output",
+        dict(output_dtype=I32),
+        dict(weight=weight().to(I32)),
+        ["'body.0.fc.weight'", "torch.int32", "for output_dtype=torch.int32", "A4W4"],
+    ),
+    (
+        "A4W4 weight for bf16 output without pertoken",
+        dict(output_dtype=BF16),
+        dict(weight=weight().to(I32)),
+        ["'body.0.fc.weight'", "torch.int32", "for output_dtype=torch.bfloat16", "A4W4"],
+    ),
+    # an offset exists only for int8 output (spec §2.5; CANN rejects it for float16 output)
+    (
+        "offset for fp16 output",
+        dict(offset=True, output_dtype=F16),
+        dict(offset=torch.zeros(N)),
+        [
+            "'body.0.fc.offset'",
+            "torch.float32 (8,)",
+            "for output_dtype=torch.float16",
+            "only for output_dtype torch.int8",
+            "allowed here: no offset",
+        ],
+    ),
+    (
+        "offset for bf16 output",
+        dict(offset=True, output_dtype=BF16),
+        dict(offset=torch.zeros(1)),
+        ["'body.0.fc.offset'", "for output_dtype=torch.bfloat16", "allowed here: no offset"],
     ),
     (
         "offset int32",

@@ -249,6 +249,34 @@ def test_f3_per_tensor_shapes_are_adopted() -> None:
     assert formats["blocks.0.attn.o"] == ("F2", "F3") and formats["blocks.0.attn.q"] == ("F2",)
 
 
+@pytest.mark.parametrize("name", OK_FILES)
+def test_reported_formats_are_the_manifests(name: str) -> None:
+    """Each group is labelled with the legacy formats found in it, as golden.json and
+    docs/checkpoints.md name them: F1 (plain, current) only when nothing else was found,
+    never in combination (an F3-only group is "F3", not "F1+F3")."""
+    want = FILES[name]["format"].split("+")
+    report = compat.upgrade_report(read_any(DATA / name))
+    labels = {g.module: list(g.formats) for g in report.groups}
+    assert set(labels) >= set(FILES[name]["layers"])
+    for module, formats in labels.items():
+        assert formats == ["F1"] or ("F1" not in formats and set(formats) <= set(want)), (
+            module,
+            formats,
+        )
+    found = sorted({f for formats in labels.values() for f in formats if formats != ["F1"]})
+    assert found == (want if want != ["F1"] else [])
+
+
+def test_f3_and_f4_labels_in_the_converter_report(capsys: pytest.CaptureFixture[str]) -> None:
+    for name, label in (("f3_per_tensor.pt", "F3"), ("f4_float_weight.pt", "F4")):
+        assert cli(["upgrade", str(DATA / name), "--dry-run", "--json"]) == 0
+        groups = json.loads(capsys.readouterr().out)["state_dicts"][0]["groups"]
+        assert [g["formats"] for g in groups] == [[label]] * len(FILES[name]["layers"])
+        assert cli(["upgrade", str(DATA / name), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert f"blocks.0.attn.q [{label}]" in out and "F1" not in out
+
+
 def test_f4_float_weights_are_restored_to_int8() -> None:
     sd = read_any(DATA / "f4_float_weight.pt")
     assert sd["blocks.0.attn.q.weight"].dtype == torch.float32

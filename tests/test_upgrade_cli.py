@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import torch
 from conftest import ROOT
 
 import compat
-from compat.checkpoint import converter
+from compat.checkpoint import _atomic, _rules, converter
 from compat.cli import main as cli
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -115,7 +116,7 @@ def test_dry_run_reports_and_writes_nothing(
     torch.save(f4_state(), src)
     assert cli(["upgrade", str(src), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "fc [F1+F4]" in out and "restored" in out and "dry run: would convert" in out
+    assert "fc [F4]" in out and "restored" in out and "dry run: would convert" in out
     assert cli(["upgrade", str(src), str(tmp_path / "o.pt"), "--dry-run", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (
@@ -505,6 +506,193 @@ def test_stale_temporaries_of_dead_runs_are_removed(tmp_path: Path) -> None:
     alive.write_bytes(b"in use")
     assert cli(["upgrade", str(src), str(dst)]) == 0
     assert not stale.exists() and alive.exists()
+
+
+# --------------------------------------------------------------------------- verification
+def _merged_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if path.is_file():
+        return load_file(str(path))
+    merged: dict[str, torch.Tensor] = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        merged.update(load_file(str(shard)))
+    return merged
+
+
+@pytest.mark.parametrize("layout", ["file", "sharded"])
+def test_safetensors_decoded_scale_is_checked_against_the_documented_form(
+    layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Verification re-reads each decoded scale and its source and checks the documented
+    transformation (float32 bits = param & 0xFFFFE000, spec §1.5), not only that the file
+    holds the bytes the converter meant to write: a wrong decoder is caught."""
+    from safetensors.torch import save_file
+
+    if layout == "file":
+        src = tmp_path / "f2.safetensors"
+        save_file(
+            torch.load(DATA / "f2_torchair.pt", map_location="cpu", weights_only=True), str(src)
+        )
+        dst = tmp_path / "out.safetensors"
+    else:
+        src, dst = DATA / "f2_sharded", tmp_path / "out"
+    raw = _merged_safetensors(src)
+    args = ["upgrade", str(src), str(dst), "--output-dtype", "blocks.0.attn.o=bfloat16"]
+    assert cli(args) == 0  # the real decoder: converted and verified
+    got = _merged_safetensors(dst)
+    for key in ("blocks.0.attn.o.scale", "blocks.1.gate.scale"):
+        assert raw[key].dtype == torch.int64 and got[key].dtype == torch.float32
+        bits = got[key].view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+        assert torch.equal(bits, raw[key] & 0xFFFFE000), key
+    shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+    capsys.readouterr()
+
+    real = _rules.decode
+
+    def doubled(param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, offset = real(param)
+        return scale * 2, offset
+
+    monkeypatch.setattr(_rules, "decode", doubled)
+    assert cli(args) == 1
+    err = capsys.readouterr().err
+    assert "verification failed" in err and "is not the documented decoded form" in err, err
+    assert not dst.exists() and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- in-place failures
+def _failing_replace(monkeypatch: pytest.MonkeyPatch, fail_on: set[int]) -> list[tuple[str, str]]:
+    """Make the n-th calls of os.replace (1-based, as seen by compat's atomic writes) fail."""
+    real = os.replace
+    calls: list[tuple[str, str]] = []
+
+    def replace(a: Any, b: Any) -> None:
+        calls.append((str(a), str(b)))
+        if len(calls) in fail_on:
+            raise OSError(5, "Input/output error (injected)")
+        real(a, b)
+
+    monkeypatch.setattr(_atomic.os, "replace", replace)
+    return calls
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_failed_in_place_replace_leaves_no_backup(
+    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / f"model.{fmt}"
+    if fmt == "pt":
+        torch.save(f4_state(), src)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(f4_state(), str(src))
+    before = sha256(src)
+    _failing_replace(monkeypatch, {1})
+    assert cli(["upgrade", str(src), "--in-place"]) == 1
+    err = capsys.readouterr().err
+    assert "nothing was written" in err and "(injected)" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]  # no .bak, no temporary
+    assert sha256(src) == before
+    monkeypatch.undo()
+    assert cli(["upgrade", str(src), "--in-place"]) == 0  # not refused by a stale backup
+    assert sha256(tmp_path / f"{src.name}.bak") == before
+
+
+SHARDED_ARGS = ["--in-place", "--output-dtype", "blocks.0.attn.o=bfloat16"]  # all 3 files change
+
+
+def test_sharded_in_place_failure_restores_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The 2nd file replaced fails: the 1st is restored, every backup removed."""
+    src = tmp_path / "ckpt"
+    shutil.copytree(DATA / "f2_sharded", src)
+    before = {p.name: sha256(p) for p in src.iterdir()}
+    calls = _failing_replace(monkeypatch, {2})
+    assert cli(["upgrade", str(src), *SHARDED_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert "(injected)" in err and "the checkpoint is unchanged" in err, err
+    assert calls[1][1] != calls[0][1]  # the failure came after one file was replaced
+    assert {p.name: sha256(p) for p in src.iterdir()} == before  # same bytes, no .bak, no temp
+    monkeypatch.undo()
+    assert cli(["upgrade", str(src), *SHARDED_ARGS]) == 0  # a rerun is not refused
+    assert sorted(p.name for p in src.iterdir() if p.name.endswith(".bak")) == sorted(
+        f"{name}.bak" for name in before
+    )
+    for name, digest in before.items():
+        assert sha256(src / f"{name}.bak") == digest and sha256(src / name) != digest
+
+
+def test_sharded_in_place_failed_restore_names_the_state_of_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The 2nd replace fails and so does restoring the 1st file: the message says which
+    file is converted (and where its original is) and which are original."""
+    src = tmp_path / "ckpt"
+    shutil.copytree(DATA / "f2_sharded", src)
+    before = {p.name: sha256(p) for p in src.iterdir()}
+    calls = _failing_replace(monkeypatch, {2, 3})
+    assert cli(["upgrade", str(src), *SHARDED_ARGS]) == 1
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    converted = Path(calls[0][1])
+    assert calls[2] == (f"{converted}.bak", str(converted))  # the restore that failed
+    assert f"{converted}: CONVERTED; its original is {converted}.bak" in err, err
+    assert f"mv {converted}.bak {converted}" in err
+    others = [src / name for name in before if name != converted.name]
+    assert len(others) == 2
+    for path in others:
+        assert f"{path}: original (never replaced)" in err, err
+    # the files are in the states the message gives
+    assert sha256(converted) != before[converted.name]
+    assert sha256(Path(f"{converted}.bak")) == before[converted.name]
+    for path in others:
+        assert sha256(path) == before[path.name] and not Path(f"{path}.bak").exists()
+    assert leftovers(src) == []
+
+
+# --------------------------------------------------------------------------- file modes
+@pytest.mark.parametrize("kind", ["pt", "safetensors", "sharded"])
+def test_in_place_keeps_the_permission_bits(kind: str, tmp_path: Path) -> None:
+    if kind == "sharded":
+        src = tmp_path / "ckpt"
+        shutil.copytree(DATA / "f2_sharded", src)
+        files = sorted(src.iterdir())
+        args = [str(src), *SHARDED_ARGS]
+    else:
+        src = tmp_path / f"model.{kind}"
+        if kind == "pt":
+            torch.save(f4_state(), src)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(f4_state(), str(src))
+        files = [src]
+        args = [str(src), "--in-place"]
+    modes = dict(zip(files, [0o600, 0o640, 0o604], strict=False))
+    for path, mode in modes.items():
+        os.chmod(path, mode)
+    before = {path: sha256(path) for path in files}
+    assert cli(["upgrade", *args]) == 0
+    for path, mode in modes.items():
+        assert sha256(path) != before[path]  # rewritten ...
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path  # ... with the source's mode
+        assert sha256(Path(f"{path}.bak")) == before[path]
+
+
+def test_dst_mode_new_default_and_existing_kept(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src.pt", tmp_path / "dst.pt"
+    torch.save(f4_state(), src)
+    os.chmod(src, 0o600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert cli(["upgrade", str(src), str(dst)]) == 0
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o666 & ~umask  # a new DST: the default
+    os.chmod(dst, 0o640)
+    assert cli(["upgrade", str(src), str(dst)]) == 0  # an existing DST keeps its mode
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o640
 
 
 # --------------------------------------------------------------------------- SIGKILL

@@ -8,6 +8,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import IO
 
@@ -35,13 +36,41 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _mode_of(path: Path) -> int | None:
+    """The permission bits of an existing regular file, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
+
+
 class TempFile:
-    """A temporary file that becomes ``dst`` only on :meth:`commit`."""
+    """A temporary file that becomes ``dst`` only on :meth:`commit`.
+
+    Where ``dst`` already exists (``--in-place``, or a DST being overwritten) the
+    temporary gets its permission bits before anything is written, so a private
+    checkpoint stays private, also while it is being written; a new ``dst`` gets the
+    default mode (umask)."""
 
     def __init__(self, dst: Path) -> None:
         self.dst = dst
         self.path = temp_name(dst)
         self.file: IO[bytes] | None = open(self.path, "xb")
+        self._discarded = False
+        mode = _mode_of(dst)
+        if mode is not None:
+            try:
+                os.fchmod(self.file.fileno(), mode)
+            except BaseException:
+                self.discard()
+                raise
+
+    @property
+    def committed(self) -> bool:
+        """Whether :meth:`commit` moved the file into place: finished, not discarded,
+        and the temporary is gone (robust to an interruption inside :meth:`commit`)."""
+        return not self._discarded and self.file is None and not os.path.lexists(self.path)
 
     def finish(self) -> None:
         """Flush and fsync; after this the file is complete on disk."""
@@ -56,6 +85,9 @@ class TempFile:
         fsync_dir(self.dst.parent)
 
     def discard(self) -> None:
+        if self.committed:
+            return  # it is the destination now
+        self._discarded = True
         if self.file is not None:
             with contextlib.suppress(OSError):
                 self.file.close()
@@ -115,8 +147,23 @@ def make_backup(path: Path) -> Path:
         raise CheckpointError(f"backup {bak} already exists and is never overwritten") from None
     except OSError:  # no hard links here: copy, still refusing to overwrite
         with open(path, "rb") as src, open(bak, "xb") as out:
+            mode = _mode_of(path)
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)
             shutil.copyfileobj(src, out, 16 * 2**20)
             out.flush()
             os.fsync(out.fileno())
     fsync_dir(bak.parent)
     return bak
+
+
+def restore_backup(bak: Path, path: Path) -> None:
+    """Move a backup made by :func:`make_backup` back over ``path`` (atomic)."""
+    os.replace(bak, path)
+    fsync_dir(path.parent)
+
+
+def remove_backup(bak: Path) -> None:
+    """Delete a backup this run made whose file was never replaced."""
+    bak.unlink()
+    fsync_dir(bak.parent)

@@ -5,7 +5,8 @@ One group of keys (``<prefix>weight``, ``scale``, ``offset``, ``pertoken_scale``
 PyTorch ``_metadata`` version is lost whenever a state_dict is rebuilt or goes through
 safetensors, so it is never trusted. Formats (docs/checkpoints.md):
 
-* F1 plain upstream state_dict (float scale); current, nothing to change.
+* F1 plain upstream state_dict (float scale); current, nothing to change. Reported only
+  for a group in which no legacy format (F2-F4) was found.
 * F2 torchair ``use_internal_format_weight``: int64 scale with the offset folded in (spec
   §4). Kept where the output dtype accepts int64, decoded exactly (spec §1.5) where a
   float scale is needed (bfloat16/int32 output, pertoken).
@@ -219,6 +220,23 @@ def _row(
 
 def _dtypes(values: tuple[torch.dtype | None, ...]) -> tuple[torch.dtype, ...]:
     return tuple(v for v in values if v is not None)
+
+
+def _outputs_text(a4w4: bool, *, with_offset: bool = False) -> str:
+    """The output dtypes quant_matmul supports for A4W4 (or A8W8), from the dtype table;
+    ``with_offset``: only those whose row takes an offset."""
+    from compat.ops.quant_matmul import _TABLE
+
+    modes: dict[torch.dtype, set[bool]] = {}
+    for (kind, out, pertoken), row in _TABLE.items():
+        if kind == a4w4 and (not with_offset or _dtypes(row["offset"])):
+            modes.setdefault(out, set()).add(pertoken)
+    words = {
+        frozenset({False}): "without pertoken_scale",
+        frozenset({True}): "with pertoken_scale",
+        frozenset({False, True}): "with or without pertoken_scale",
+    }
+    return ", ".join(f"{dtype_name(out)} ({words[frozenset(p)]})" for out, p in modes.items())
 
 
 def _unravel(index: int, shape: tuple[int, ...]) -> list[int]:
@@ -561,10 +579,26 @@ def _plan_scale(
         g.keep("scale")
 
 
-def _plan_offset(g: _Group, n: int | None) -> None:
+def _plan_offset(
+    g: _Group,
+    n: int | None,
+    row: Mapping[str, tuple[torch.dtype | None, ...]] | None,
+    pertoken: bool,
+) -> None:
     if "offset" not in g.specs:
         return
     g.check_vector("offset", n, per_tensor=True)
+    if row is not None and not _dtypes(row["offset"]):
+        spec = g.specs["offset"]
+        g.problem(
+            "offset",
+            f"an offset ({spec}) is not allowed "
+            f"{_context(g.ctx.output_dtype, row, pertoken)}: quant_matmul takes an offset only "
+            f"for output_dtype {_outputs_text(False, with_offset=True)}; allowed here: no "
+            "offset (build the module with offset=False, or with the output dtype the "
+            "checkpoint was made for)",
+        )
+        return
     if not g.check_dtype("offset", LEGAL["offset"]):
         return
     values = g.values("offset")
@@ -630,7 +664,22 @@ def plan_group(
     pertoken = ctx.pertoken if ctx.pertoken is not None else "pertoken_scale" in keys
     out = ctx.output_dtype
     row = _row(a4w4, out, pertoken) if out is not None else None
-    if out is not None and row is None:
+    if out is not None and row is None and weight_dtype == _I32:
+        spec = g.specs["weight"]
+        g.changes.pop("weight", None)
+        g.problem(
+            "weight",
+            f"dtype {dtype_name(spec.dtype)} (shape {shape_text(spec.shape)}) is not allowed "
+            f"for output_dtype={dtype_name(out)}{' with pertoken_scale' if pertoken else ''}: "
+            "an int32 weight is A4W4 (8 packed int4), which quant_matmul supports only for "
+            f"output_dtype {_outputs_text(True)}; allowed here: "
+            + (
+                "torch.int8"
+                if _row(False, out, pertoken) is not None
+                else "nothing (the module's configuration is not a legal quant_matmul combination)"
+            ),
+        )
+    elif out is not None and row is None:
         g.notes.append(
             f"module configuration {'A4W4' if a4w4 else 'A8W8'}, "
             f"output_dtype={dtype_name(out)}{', pertoken_scale' if pertoken else ''} is not a "
@@ -638,11 +687,11 @@ def plan_group(
             "dtypes only"
         )
     _plan_scale(g, n, row, pertoken)
-    _plan_offset(g, n)
+    _plan_offset(g, n, row, pertoken)
     _plan_pertoken(g)
     _plan_bias(g, n, row, pertoken)
-    if "F2" not in g.formats and len(problems) == before:
-        g.formats.add("F1")
+    if not g.formats and len(problems) == before:
+        g.formats.add("F1")  # plain upstream: only when no legacy format was found
     order = [name for name in NAMES if name in g.changes]
     return GroupPlan(
         prefix=prefix,

@@ -14,7 +14,10 @@ as transformed, which must equal the documented transformation of their source),
 only then moved into place with ``os.replace`` (a sharded destination directory is
 built aside and renamed). An error at any point leaves no partial or temporary file; a
 process killed outright can leave a temporary (never a partial destination), which the
-next run for the same destination removes.
+next run for the same destination removes. ``in_place`` is all or nothing: a failed
+replace removes the backup it made, and a sharded checkpoint whose files were partly
+replaced is restored from this run's backups (or the error lists each file's state). A
+replaced file keeps its permission bits.
 """
 
 from __future__ import annotations
@@ -242,10 +245,109 @@ def _writing(dst: Path) -> Iterator[_atomic.TempFile]:
 
 
 def _commit(tmp: _atomic.TempFile, *, backup_of: Path | None, result: Result) -> None:
-    if backup_of is not None:
-        result.backups.append(_atomic.make_backup(backup_of))
-    tmp.commit()
+    """Move ``tmp`` into place, first keeping ``backup_of`` as ``.bak`` (in place). If the
+    replace fails, the backup this run made is removed again: the file is unchanged and
+    the next run is not refused because of a stale backup."""
+    bak = _atomic.make_backup(backup_of) if backup_of is not None else None
+    try:
+        tmp.commit()
+    except BaseException as err:
+        if bak is not None and not tmp.committed:
+            try:
+                _atomic.remove_backup(bak)
+            except OSError as unlink_err:
+                raise CheckpointError(
+                    f"replacing {tmp.dst} failed ({type(err).__name__}: {err}); {tmp.dst} is "
+                    f"unchanged, but the backup {bak} made for it could not be removed "
+                    f"({unlink_err}): delete it before running again"
+                ) from None
+        raise
+    if bak is not None:
+        result.backups.append(bak)
     result.written.append(tmp.dst)
+
+
+def _commit_all(temps: list[_atomic.TempFile], index: Path, result: Result) -> None:
+    """Commit the files of a sharded checkpoint in place, all or nothing.
+
+    Each file is backed up (``.bak``) and replaced, shards first and the index last. If
+    any step fails, the files already replaced are restored from the backups this run
+    made, and those backups are removed, so the checkpoint is exactly as before. If the
+    restoring fails too, the error lists the state of every file.
+    """
+    done: list[tuple[_atomic.TempFile, Path]] = []  # replaced, with the original's backup
+    pending: tuple[_atomic.TempFile, Path] | None = None  # backed up, maybe replaced
+    try:
+        for tmp in temps:
+            bak = _atomic.make_backup(tmp.dst)
+            pending = (tmp, bak)
+            tmp.commit()
+            done.append(pending)
+            pending = None
+    except BaseException as err:
+        if pending is not None:
+            if pending[0].committed:  # interrupted after the replace itself
+                done.append(pending)
+            else:
+                with contextlib.suppress(OSError):
+                    _atomic.remove_backup(pending[1])
+        failed = _roll_back(done)
+        leftover = pending is not None and not pending[0].committed and pending[1].exists()
+        if not isinstance(err, Exception):
+            raise  # KeyboardInterrupt and the like: rolled back as far as possible
+        what = f"{type(err).__name__}: {err}"
+        if not failed:
+            restored = (
+                f"the {len(done)} file(s) already replaced were restored from their backups; "
+                if done
+                else "no file was replaced; "
+            )
+            if not leftover:
+                raise CheckpointError(
+                    f"in-place conversion of {index} failed ({what}); {restored}the backups "
+                    "this run made were removed: the checkpoint is unchanged"
+                ) from None
+            assert pending is not None
+            raise CheckpointError(
+                f"in-place conversion of {index} failed ({what}); {restored}every file is "
+                f"original, but the backup {pending[1]} made by this run could not be removed: "
+                "delete it before running again"
+            ) from None
+        states = []
+        for tmp in temps:
+            bak = _atomic.backup_path(tmp.dst)
+            if tmp.dst in failed:
+                states.append(
+                    f"{tmp.dst}: CONVERTED; its original is {bak} (restoring it failed: "
+                    f"{failed[tmp.dst]}); restore it with: mv {bak} {tmp.dst}"
+                )
+            elif any(t is tmp for t, _ in done):
+                states.append(f"{tmp.dst}: original (restored from its backup)")
+            elif pending is not None and pending[0] is tmp and leftover:
+                states.append(
+                    f"{tmp.dst}: original (never replaced); its backup {bak} made by this run "
+                    "could not be removed: delete it"
+                )
+            else:
+                states.append(f"{tmp.dst}: original (never replaced)")
+        raise CheckpointError(
+            f"in-place conversion of {index} failed ({what}) and restoring the original files "
+            "failed too; the checkpoint is now mixed:\n" + "\n".join(f"  - {s}" for s in states)
+        ) from None
+    result.backups.extend(bak for _, bak in done)
+    result.written.extend(tmp.dst for tmp, _ in done)
+
+
+def _roll_back(done: list[tuple[_atomic.TempFile, Path]]) -> dict[Path, str]:
+    """Move the backups of the replaced files back, last first; return the files whose
+    restore failed, with the reason."""
+    failed: dict[Path, str] = {}
+    for tmp, bak in reversed(done):
+        try:
+            _atomic.restore_backup(bak, tmp.dst)
+        except OSError as err:
+            failed[tmp.dst] = f"{type(err).__name__}: {err}"
+    return failed
 
 
 def _write_verified(
@@ -439,7 +541,16 @@ def _write_safetensors(out: IO[bytes], job: _StJob, progress: Progress | None) -
 
 def _verify_safetensors(path: Path, job: _StJob, progress: Progress | None) -> None:
     """Reload: the safetensors package must read the same names, dtypes, shapes and
-    metadata, and every tensor's bytes must have the CRC-32 of the bytes written."""
+    metadata, and every tensor's bytes must have the CRC-32 of the bytes written.
+
+    Every transformed tensor must also be the documented transformation of its source
+    tensor, checked as for torch files (:func:`_torchfile.documented_transformation_holds`),
+    independently of the code that produced it: a decoded scale is re-read from the
+    written file and from the source, chunk by chunk. A weight restored to int8 was
+    checked against its source chunk by chunk while it was written (every value survived
+    the int8 -> float round trip), and the CRC ties the file's bytes to those chunks; as
+    for torch files, the float source is not read a third time.
+    """
     try:
         written = SafetensorsFile(path)
     except CheckpointError as err:
@@ -465,8 +576,27 @@ def _verify_safetensors(path: Path, job: _StJob, progress: Progress | None) -> N
                 raise CheckpointError(
                     f"verification failed: {name!r} differs from what was written"
                 )
+            change = job.change(name)
+            if change is not None and change.changed and change.action != RESTORE:
+                _check_transformation(change.action, name, job.files[name], written)
     finally:
         written.close()
+
+
+def _check_transformation(
+    action: str, name: str, source: SafetensorsFile, written: SafetensorsFile
+) -> None:
+    """The written tensor ``name`` is the documented ``action`` form of the source's,
+    compared one chunk at a time (both files yield chunks of the same element count)."""
+    pairs = zip(source.chunks(name), written.chunks(name), strict=False)
+    same_size = source.spec(name).numel == written.spec(name).numel
+    if not same_size or not all(
+        _torchfile.documented_transformation_holds(action, src, got) for src, got in pairs
+    ):
+        raise CheckpointError(
+            f"verification failed: {name!r} is not the documented {action} form of the source "
+            "tensor"
+        )
 
 
 def _write_st_job(
@@ -738,8 +868,7 @@ def _sharded_in_place(
             tmp.file.write(_new_index(index, report))
             tmp.finish()
         temps.append(tmp)
-        for t in temps:  # shards first, the index last
-            _commit(t, backup_of=t.dst, result=result)
+        _commit_all(temps, source.path, result)  # shards first, the index last
         progress.finish()
     except BaseException:
         for t in temps:

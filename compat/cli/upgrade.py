@@ -17,8 +17,9 @@ _EPILOG = """\
 SRC is a torch file (.pt/.pth/.bin, zip or legacy serialization), a .safetensors file,
 or a Hugging Face sharded checkpoint (its directory or *.index.json; DST is then a
 directory). The source is never modified unless --in-place (which keeps SRC.bak and
-never overwrites an existing backup). Output is written to a temporary file, fsynced,
-verified by reloading and then moved into place. See docs/checkpoints.md.
+never overwrites an existing backup; on failure every file is left as it was, and a
+replaced file keeps its permission bits). Output is written to a temporary file,
+fsynced, verified by reloading and then moved into place. See docs/checkpoints.md.
 
 exit codes: 0 converted or already current (dry run: convertible), 1 conversion error
 (message on stderr, or in the --json report), 2 usage error.
