@@ -12,12 +12,19 @@ Attribution: the warning and the record point at the first frame that is neither
 skips them). Python 3.12+ gets it from ``warnings.warn(skip_file_prefixes=...)``; older
 versions get a stacklevel computed by walking the stack the way ``warnings.warn`` does.
 
-Under the ``default`` action a construction site warns once, even when successive
-constructions there produce different messages (a loop over layer sizes): the site, not
-the message text, is the unit. Every other action (``error``, ``always``, ``ignore``,
-``once``, ``module``) behaves as documented by :mod:`warnings`.
+Under the ``default`` action each kind of use warns once per site, even when successive
+constructions there produce different messages (a loop over layer sizes): the site and
+the kind, not the message text, are the unit. A line that both reaches the legacy name
+and constructs (``torch_npu.contrib.module.LinearA8W8Quant(512, 128, True, True)``) so
+warns twice: once for the import, once for the construction. Every other action
+(``error``, ``always``, ``ignore``, ``once``, ``module``) behaves as documented by
+:mod:`warnings`.
 
 Listeners (the pytest plugin) see every event, whatever the warning filters say.
+
+When a filter turns the warning into an error, the frames of this module, of
+``LinearA8W8Quant.__init__`` and of the legacy attribute hook set ``__tracebackhide__``,
+so that pytest reports the user's line as the crash location.
 
 This module must not import torch: ``compat.LinearA8W8QuantDeprecationWarning`` is
 resolved by pytest's ``filterwarnings`` before any test runs.
@@ -159,7 +166,7 @@ def user_frame(prefixes: tuple[str, ...], start: FrameType | None) -> FrameType 
 
 _epoch_filters: object = None
 _epoch_snapshot: tuple[object, ...] = ()
-_warned_sites: set[tuple[str, int]] = set()
+_warned_sites: set[tuple[str, int, str]] = set()
 
 
 def _action(category: type[Warning], text: str, module: str, lineno: int) -> str:
@@ -185,8 +192,12 @@ def _matches(pattern: object, value: str) -> bool:
     return bool(match(value)) if match is not None else False
 
 
-def _site_already_warned(site: tuple[str, int]) -> bool:
-    """Whether ``site`` warned since the warning filters last changed; marks it if not.
+def _site_already_warned(site: tuple[str, int, str]) -> bool:
+    """Whether ``site`` (filename, line number, kind of use) warned since the warning
+    filters last changed; marks it if not.
+
+    The kind is part of the key: a legacy look-up and a construction on one line are two
+    uses, each warned about once.
 
     ``catch_warnings`` swaps the filter list and ``simplefilter``/``filterwarnings``
     mutate it; either starts a new epoch (as the registry version does inside CPython).
@@ -219,6 +230,7 @@ def report(
 
     ``start``: the frame to start looking from (default: the caller of ``report``).
     """
+    __tracebackhide__ = True  # pytest: a warning raised as an error points at the user
     prefixes = skip_prefixes()
     origin = start if start is not None else sys._getframe(1)
     frame = user_frame(prefixes, origin)
@@ -234,7 +246,7 @@ def report(
     category = LinearA8W8QuantDeprecationWarning
     module = str(frame.f_globals.get("__name__", "<unknown>"))
     if _action(category, message, module, lineno) == "default" and _site_already_warned(
-        (filename, lineno)
+        (filename, lineno, kind)
     ):
         return
     _warn(message, category, prefixes, frame)
@@ -243,6 +255,7 @@ def report(
 def _warn(
     message: str, category: type[Warning], prefixes: tuple[str, ...], target: FrameType
 ) -> None:
+    __tracebackhide__ = True
     if sys.version_info >= (3, 12):
         if user_frame(prefixes, sys._getframe(0)) is target:
             warnings.warn(message, category, skip_file_prefixes=prefixes)

@@ -59,7 +59,12 @@ _upstream_class: type | None = None
 # compat, and only inserts a stub finder that stays idle until torch_npu.contrib is
 # imported; then compat takes over (see take_over). Only when a -W option names
 # compat.LinearA8W8QuantDeprecationWarning (which Python itself cannot resolve before
-# site-packages is on sys.path) does it import compat._deprecation to apply it.
+# site-packages is on sys.path) does it import compat._deprecation to apply it: also
+# under LINEAR_QUANT_COMPAT_DISABLE, which turns off the legacy import hook only, not
+# the warnings of compat.LinearA8W8Quant itself. Once compat._deprecation is imported the
+# options are in force (applied by an earlier run of this hook: site processes .pth files
+# twice in some virtual environments, or by Python itself when compat was importable
+# while it read -W), so it is not applied again.
 # The source is inlined in the .pth file, not shipped as a module: pytest rewrites the
 # modules of plugin distributions and warns about any already imported, which a
 # start-up module always would be.
@@ -99,9 +104,17 @@ if os.environ.get("LINEAR_QUANT_COMPAT_DISABLE", "").strip().lower() not in (
             pass
 
     sys.meta_path.insert(0, LegacyImportStub())
-    if any("LinearA8W8QuantDeprecationWarning" in option for option in sys.warnoptions):
+if "compat._deprecation" not in sys.modules and any(
+    "LinearA8W8QuantDeprecationWarning" in option for option in sys.warnoptions
+):
+    try:
         from compat._deprecation import apply_warnoptions
-
+    except Exception as err:
+        sys.stderr.write(
+            "linear-quant-compat: -W options naming compat.LinearA8W8QuantDeprecationWarning "
+            "ignored: cannot import compat (%s: %s)\\n" % (type(err).__name__, err)
+        )
+    else:
         apply_warnoptions()
 """
 
@@ -289,6 +302,7 @@ def _detach(module: ModuleType) -> None:
 
     def __getattr__(name: str) -> Any:
         if name == NAME:
+            __tracebackhide__ = True  # pytest: a warning raised as an error blames the user
             return _legacy_attribute(module_name, sys._getframe(1))
         if fallback is not None:
             return fallback(name)
@@ -308,6 +322,7 @@ def _internal_prefixes() -> tuple[str, ...]:
 
 def _legacy_attribute(module_name: str, frame: FrameType | None) -> Any:
     """Value of ``<module_name>.LinearA8W8Quant`` for the code running in ``frame``."""
+    __tracebackhide__ = True
     value = _resolve(module_name)
     filename = frame.f_code.co_filename if frame is not None else ""
     if "importlib" in filename and "_bootstrap" in filename:

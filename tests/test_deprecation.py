@@ -307,3 +307,67 @@ def test_default_run_shows_the_warning_once_per_site(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("LinearA8W8QuantDeprecationWarning") == 2
     assert f"{script}:3: " in done.stderr and f"{script}:4: " in done.stderr
+
+
+# --- pytest's crash location under filterwarnings = error ----------------------------------
+
+CRASH_TESTS = """\
+from compat import LinearA8W8Quant
+
+
+class Mine(LinearA8W8Quant):
+    pass
+
+
+def test_direct():
+    LinearA8W8Quant(8, 4)
+
+
+def test_subclass():
+    Mine(8, 4, False)
+"""
+
+
+def test_pytest_reports_the_users_line_as_the_crash_location(tmp_path: Path) -> None:
+    # pytest reported compat/_deprecation.py as the crash location (--tb=line, and the last
+    # line of the default report): compat's frames now carry __tracebackhide__.
+    import os
+    import subprocess
+
+    (tmp_path / "test_model.py").write_text(CRASH_TESTS)
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nfilterwarnings =\n    error::compat.LinearA8W8QuantDeprecationWarning\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PYTHON"))}
+    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [*base, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        return done.stdout
+
+    line = run("--tb=line")
+    crashes = [
+        s.split(": ", 1)[0]
+        for s in line.splitlines()
+        if ": compat.LinearA8W8QuantDeprecationWarning: " in s and not s.startswith("E ")
+    ]
+    test_file = tmp_path / "test_model.py"
+    assert crashes == [f"{test_file}:9", f"{test_file}:13"], line
+    assert "_deprecation.py" not in line and "linear_a8w8_quant.py" not in line
+    long = run()
+    assert "test_model.py:9: LinearA8W8QuantDeprecationWarning" in long
+    assert "test_model.py:13: LinearA8W8QuantDeprecationWarning" in long
+    assert str(Path(compat.__file__).parent) not in long  # no frame of compat shown
+
+
+def test_argument_errors_keep_the_adapters_frame() -> None:
+    # __tracebackhide__ is set only around the warning: a bad argument still shows where
+    # the adapter rejected it.
+    with pytest.raises(TypeError) as err:
+        LinearA8W8Quant(8, 4, bias="False")
+    names = [entry.frame.code.name for entry in err.traceback]
+    assert names[-2:] == ["__init__", "_require_bool"]
+    assert not any("__tracebackhide__" in entry.frame.f_locals for entry in err.traceback)

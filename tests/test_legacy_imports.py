@@ -328,3 +328,162 @@ def test_legacy_pickles_load_as_the_adapter(tmp_path: Path) -> None:
             "LinearQuant(6, 4, bias=True, offset=True, output_dtype=torch.int8)",
             [["LinearA8W8QuantDeprecationWarning", 5]],
         ]
+
+
+# --- audit regressions: one line, two uses; the opt-out and -W; pytest's crash line ------
+
+
+def _run_clean(
+    args: list[str], *, variant: str | None, env: dict[str, str] | None = None, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` with the default warning filters (no ``-W error``, unlike
+    ``run_python``) and no inherited warning, opt-out or pytest settings."""
+    import os
+
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TORCH_NPU_STANDIN", "LINEAR_QUANT", "PYTEST", "PYTHON"))
+    }
+    full.pop("TORCH_DEVICE_BACKEND_AUTOLOAD", None)
+    if variant is not None:
+        full.update({"PYTHONPATH": str(STANDIN), "TORCH_NPU_STANDIN_VARIANT": variant})
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=str(cwd),
+    )
+
+
+ONE_LINE = """\
+import torch, torch_npu
+for _ in range(3):
+    m = torch_npu.contrib.module.LinearA8W8Quant(512, 128, True, True)
+print("built")
+"""
+
+
+@pytest.mark.parametrize("variant", ["legacy", "future"])
+def test_legacy_lookup_and_construction_on_one_line_each_warn_once(
+    variant: str, tmp_path: Path
+) -> None:
+    # The "already warned" mark of a site was keyed on (file, line) only: the legacy
+    # look-up marked the line and the construction warning on it was never shown.
+    script = tmp_path / "one_line.py"
+    script.write_text(ONE_LINE)
+    done = _run_clean([str(script)], variant=variant, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "built"
+    heads = [
+        line for line in done.stderr.splitlines() if "LinearA8W8QuantDeprecationWarning" in line
+    ]
+    assert len(heads) == 2, done.stderr  # once per kind of use, not once per loop pass
+    assert heads[0].startswith(
+        f"{script}:3: LinearA8W8QuantDeprecationWarning: "
+        "torch_npu.contrib.module.LinearA8W8Quant is deprecated"
+    )
+    assert heads[1].startswith(
+        f"{script}:3: LinearA8W8QuantDeprecationWarning: LinearA8W8Quant is deprecated"
+    )
+    assert (
+        "Equivalent call: LinearQuant(512, 128, bias=True, offset=True, output_dtype=torch.int8). "
+        "Legacy positional arguments: bias=True (3rd), offset=True (4th)"
+    ) in heads[1]
+
+
+OPT_OUT_SCRIPT = """\
+import json, sys
+print(json.dumps([any(type(f).__name__ == "LegacyImportStub" for f in sys.meta_path),
+                  sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "compat"))]),
+      flush=True)
+from compat import LinearA8W8Quant
+LinearA8W8Quant(8, 4)
+print("constructed")
+"""
+
+
+@pytest.mark.parametrize("form", ["-W", "PYTHONWARNINGS"])
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_opt_out_still_applies_w_options_naming_the_category(
+    form: str, value: str, tmp_path: Path
+) -> None:
+    # LINEAR_QUANT_COMPAT_DISABLE switched the whole start-up hook off, the application of
+    # -W error::compat.LinearA8W8QuantDeprecationWarning included: construction passed.
+    script = tmp_path / "opted_out.py"
+    script.write_text(OPT_OUT_SCRIPT)
+    option = "error::compat.LinearA8W8QuantDeprecationWarning"
+    env = {"LINEAR_QUANT_COMPAT_DISABLE": value}
+    if form == "-W":
+        args = ["-W", option, str(script)]
+    else:
+        args, env["PYTHONWARNINGS"] = [str(script)], option
+    done = _run_clean(args, variant="legacy", env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert "constructed" not in lines
+    hooked, modules = json.loads(lines[0])
+    assert hooked is False  # the opt-out still switches the legacy import hook off
+    # cheap start-up: only compat's torch-free modules, for the option
+    assert modules == ["compat", "compat._deprecation", "compat._version"]
+    assert f'File "{script}", line 6, in <module>' in done.stderr
+    assert (
+        done.stderr.rstrip()
+        .splitlines()[-1]
+        .startswith("compat.LinearA8W8QuantDeprecationWarning: LinearA8W8Quant is deprecated")
+    )
+
+
+def test_opt_out_without_such_options_imports_nothing_at_start(tmp_path: Path) -> None:
+    code = "import json, sys\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith(('torch', 'compat')))))"
+    for args in (["-c", code], ["-W", "error::FutureWarning", "-c", code]):
+        done = _run_clean(
+            args, variant="legacy", env={"LINEAR_QUANT_COMPAT_DISABLE": "1"}, cwd=tmp_path
+        )
+        assert _json(done) == []
+
+
+LEGACY_TESTS = """\
+import torch
+import torch_npu
+
+
+def test_attribute():
+    torch_npu.contrib.module.LinearA8W8Quant(8, 4)
+
+
+def test_from_import():
+    from torch_npu.contrib.module.linear_a8w8_quant import LinearA8W8Quant  # noqa: F401
+"""
+
+
+@pytest.mark.parametrize("variant", ["legacy", "future"])
+def test_pytest_reports_the_legacy_use_as_the_crash_location(variant: str, tmp_path: Path) -> None:
+    # With the warning as an error, pytest blamed compat/_deprecation.py: the legacy
+    # attribute hook and the deprecation helpers now hide their frames.
+    (tmp_path / "test_legacy.py").write_text(LEGACY_TESTS)
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nfilterwarnings =\n    error::compat.LinearA8W8QuantDeprecationWarning\n"
+    )
+    base = ["-m", "pytest", "-p", "no:cacheprovider", "-q"]
+    line = _run_clean([*base, "--tb=line"], variant=variant, cwd=tmp_path)
+    assert line.returncode == 1, line.stdout + line.stderr
+    # --tb=line: one "path:line: exception" line per failure (after an "E   ..." line)
+    crashes = [
+        s.split(": ", 1)[0]
+        for s in line.stdout.splitlines()
+        if ": compat.LinearA8W8QuantDeprecationWarning: " in s and not s.startswith("E ")
+    ]
+    assert crashes == [
+        f"{tmp_path / 'test_legacy.py'}:6",
+        f"{tmp_path / 'test_legacy.py'}:10",
+    ], line.stdout
+    assert "_deprecation.py" not in line.stdout and "_legacy_imports.py" not in line.stdout
+    long = _run_clean(base, variant=variant, cwd=tmp_path)
+    assert long.returncode == 1, long.stdout + long.stderr
+    assert "test_legacy.py:6: LinearA8W8QuantDeprecationWarning" in long.stdout
+    assert "test_legacy.py:10: LinearA8W8QuantDeprecationWarning" in long.stdout
+    assert str(ROOT / "compat") not in long.stdout  # no frame of compat shown at all

@@ -228,13 +228,14 @@ def test_imports_collection_and_warnings_as_errors(pytester: pytest.Pytester) ->
     finally:
         os.environ.clear()
         os.environ.update(env_before)
-    # the ini's error filter makes the construction fail at the test's line...
+    # the ini's error filter makes the construction fail at the test's line (compat's
+    # frames are hidden: the report ends there)...
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
             ">       LinearA8W8Quant(8, 4)",
-            "test_imports.py:9: ",
             "E       compat.LinearA8W8QuantDeprecationWarning: LinearA8W8Quant is deprecated*",
+            "test_imports.py:9: LinearA8W8QuantDeprecationWarning",
         ]
     )
     # ...and the report still has it, with the imports seen at start-up and collection
@@ -273,3 +274,54 @@ def test_xdist_workers_report_to_the_controller(project: pytest.Pytester) -> Non
     assert (report["total_sites"], report["total_uses"]) == (12, 16)
     assert report["sites"][0]["count"] == 5 and len(report["sites"][0]["tests"]) == 3
     assert len(_site_lines(result.stdout.lines)) == 12
+
+
+# --- a legacy look-up and a construction on one line: two sites, two warnings ------------
+
+TEST_ONE_LINE = """\
+import torch
+import torch_npu
+
+
+def test_one_line():
+    for _ in range(3):
+        torch_npu.contrib.module.LinearA8W8Quant(8, 4, True)
+"""
+
+
+def test_lookup_and_construction_on_one_line_are_two_sites(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Already warned" is keyed on (file, line, kind): pytest's summary shows both warnings
+    # of the line once, and the report still counts every use of each kind.
+    pytester.makepyfile(test_one_line=TEST_ONE_LINE)
+    target = pytester.path / "report.json"
+    monkeypatch.setenv("PYTHONPATH", str(STANDIN))
+    monkeypatch.setenv("TORCH_NPU_STANDIN_VARIANT", "legacy")
+    result = pytester.runpytest_subprocess(
+        "--compat-report-json", str(target), "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1, warnings=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_one_line.py:7: LinearA8W8QuantDeprecationWarning: "
+            "torch_npu.contrib.module.LinearA8W8Quant is deprecated*",
+            "*test_one_line.py:7: LinearA8W8QuantDeprecationWarning: "
+            "LinearA8W8Quant is deprecated*Equivalent call: LinearQuant(8, 4, bias=True, "
+            "offset=False, output_dtype=torch.int8). Legacy positional arguments: bias=True (3rd)*",
+        ]
+    )
+    report = json.loads(target.read_text())
+    sites = [
+        (s["path"], s["line"], s["kind"], s["count"], s["replacement"]) for s in report["sites"]
+    ]
+    assert sites == [
+        (
+            "test_one_line.py",
+            7,
+            "construct",
+            3,
+            "LinearQuant(8, 4, bias=True, offset=False, output_dtype=torch.int8)",
+        ),
+        ("test_one_line.py", 7, "import", 3, "from compat import LinearQuant"),
+    ]

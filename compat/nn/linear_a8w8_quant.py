@@ -288,6 +288,9 @@ class LinearA8W8Quant(LinearQuant):
         )
         self.output_dtype = out  # pinned: a change of LinearQuant's default cannot leak in
         call = replacement_call(self)
+        # Set only now: when the warning is an error, pytest reports the user's line as the
+        # crash location, while errors about the arguments above keep this frame.
+        __tracebackhide__ = True
         _deprecation.report(
             "construct",
             _NAME,
