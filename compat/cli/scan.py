@@ -21,7 +21,7 @@ from compat.scan import (
     format_text,
     process_files,
 )
-from compat.scan.runner import Mode
+from compat.scan.runner import Mode, write_diffs
 
 HELP = "statically find (and --fix) uses of the deprecated LinearA8W8Quant; imports nothing"
 
@@ -94,8 +94,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check-syntax",
         action="store_true",
-        help="parse every file and report its syntax errors; by default only files that "
-        "mention LinearA8W8Quant are parsed (no other file can contain a use)",
+        help="no effect, kept for compatibility: every file is checked for syntax errors",
     )
     parser.add_argument(
         "-j",
@@ -155,12 +154,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"compat scan: error: {path}: no such file or directory", file=sys.stderr)
     mode: Mode = "fix" if args.fix else "diff" if args.diff else "scan"
     started = time.perf_counter()
-    results = process_files(files, mode, args.jobs, check_syntax=args.check_syntax)
+    results = process_files(files, mode, args.jobs)
     elapsed = time.perf_counter() - started
     findings = sorted(f for result in results for f in result.findings)
     render = format_json if args.format == "json" else format_text
     if args.diff:
-        sys.stdout.write("".join(result.diff for result in results))
+        write_diffs(results)  # bytes, in each file's own encoding
         sys.stderr.write(render([f for f in findings if not f.fixable]))
     else:
         sys.stdout.write(render(findings))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ast
 import builtins
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from compat.scan._text import SourceText
 
@@ -22,6 +23,24 @@ REPLACEMENT = "LinearQuant"
 FAMILY_ROOTS = ("torch_npu", "compat")
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
+
+# strings LinearA8W8Quant took for output_dtype, looked up lowercased like the adapter does
+# (``legacy_output_dtype`` in compat/nn/linear_a8w8_quant.py), and the torch dtype each meant
+LEGACY_DTYPE_STRINGS = {
+    "int8": "int8",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+LEGACY_INT32_STRING = "int32"
+
+# a binding of the name ``torch`` (not a ``torch.x`` attribute use): blocks that may hold
+# one are never skipped, since they decide how a fix may spell ``torch.int8``
+_TORCH_BINDING = re.compile(
+    r"(?<![\w.])(?<!from )torch\b(?!\s*\.)|\bimport\s[^\n;]*(?<![\w.])torch\."
+)
 
 ScopeKind = Literal["module", "class", "function", "comprehension"]
 BindingKind = Literal["import", "assign", "other"]
@@ -92,6 +111,8 @@ class Binding:
     value_scope: Scope | None = None
     block: list[ast.stmt] | None = None  # the statement list holding ``stmt``
     in_except: bool = False  # the statement is inside an ``except`` clause
+    type_checking: bool = False  # only under ``if TYPE_CHECKING:``: never made at run time
+    deferred: bool = False  # made through ``global``/``nonlocal`` from a nested function
 
 
 RefRole = Literal[
@@ -101,6 +122,7 @@ RefRole = Literal[
     "base",
     "value",
     "annotation",
+    "match_class",
     "none_check",
     "del",
     "attr_base",
@@ -117,6 +139,7 @@ class Ref:
     role: RefRole
     parent: ast.AST | None = None
     index: int = -1  # position among the call's arguments for "arg"/"tuple_arg"
+    string: ast.Constant | None = None  # the string annotation this name was parsed from
 
 
 @dataclass
@@ -262,9 +285,15 @@ def relevant_names(tree: ast.Module) -> frozenset[str]:
 
     The two class names, every name an import from torch_npu or compat binds, every
     name ``importlib.import_module`` of such a module is assigned to, and, repeatedly,
-    every name assigned from an expression rooted at one of these names.
+    every name assigned from an expression rooted at one of these names. Also the names a
+    module-level statement assigns a legacy dtype string to (a fix may follow them, so
+    every binding of them must be seen).
     """
     names = {TARGET, REPLACEMENT}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign | ast.AnnAssign) and _is_dtype_string(stmt.value):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
     assigns: list[tuple[list[str], ast.expr]] = []
     for stmt in _statements(tree.body):
         if isinstance(stmt, ast.Import):
@@ -299,6 +328,32 @@ def relevant_names(tree: ast.Module) -> frozenset[str]:
     return frozenset(names)
 
 
+def _is_dtype_string(value: ast.expr | None) -> bool:
+    """Whether *value* is a string literal naming a legacy output dtype (any case)."""
+    if not isinstance(value, ast.Constant) or not isinstance(value.value, str):
+        return False
+    lowered = value.value.lower()
+    return lowered in LEGACY_DTYPE_STRINGS or lowered == LEGACY_INT32_STRING
+
+
+def _is_type_checking(expr: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``<module>.TYPE_CHECKING`` (false at run time)."""
+    if isinstance(expr, ast.Name):
+        return expr.id == "TYPE_CHECKING"
+    return isinstance(expr, ast.Attribute) and expr.attr == "TYPE_CHECKING"
+
+
+def type_checking_branch(test: ast.expr) -> Literal["body", "orelse", None]:
+    """Which branch of ``if test:`` only type checkers see (``TYPE_CHECKING`` tests)."""
+    if _is_type_checking(test):
+        return "body"
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return "body" if any(_is_type_checking(value) for value in test.values) else None
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return "orelse" if _is_type_checking(test.operand) else None
+    return None
+
+
 def _is_none_check(node: ast.Compare) -> bool:
     """``x is None`` / ``x is not None``: renaming ``x`` cannot change the result."""
     operands = (node.left, *node.comparators)
@@ -316,6 +371,7 @@ class _Collector:
         self.table = table
         self.text: SourceText | None = None
         self.names_re: re.Pattern[str] | None = None
+        self.type_checking = 0  # depth of ``if TYPE_CHECKING:`` branches being walked
 
     def set_filter(self, source: SourceText, names: frozenset[str]) -> None:
         """Skip compound statements whose text mentions none of *names*."""
@@ -334,8 +390,8 @@ class _Collector:
         starts = self.text.line_starts
         end = starts[last] if last < len(starts) else len(self.text.text)
         segment = self.text.text[starts[first - 1] : end]
-        if scope.parent is None and "torch" in segment:
-            return False  # module-level torch bindings decide how fixes spell torch.int8
+        if "torch" in segment and (scope.parent is None or _TORCH_BINDING.search(segment)):
+            return False  # torch bindings decide how fixes spell torch.int8
         return self.names_re.search(segment) is None
 
     def run(self, tree: ast.Module, module: Scope) -> None:
@@ -344,11 +400,14 @@ class _Collector:
     # -- bindings -----------------------------------------------------------------------
 
     def bind(self, scope: Scope, name: str, binding: Binding) -> None:
-        if name in scope.globals:
+        if name in scope.globals and scope.parent is not None:
             scope = scope.module()
+            binding.deferred = True
         elif name in scope.nonlocals:
             scope = scope.enclosing_function()
+            binding.deferred = True
         binding.scope = scope
+        binding.type_checking = self.type_checking > 0
         scope.bindings.setdefault(name, []).append(binding)
         self.table.by_node[id(binding.node)] = binding
         if binding.value is not None:
@@ -464,8 +523,11 @@ class _Collector:
             scope.nonlocals.update(node.names)
         elif isinstance(node, ast.If | ast.While):
             self.expr(node.test, scope)
-            self.stmts(node.body, scope, in_except=in_except)
-            self.stmts(node.orelse, scope, in_except=in_except)
+            hidden = type_checking_branch(node.test) if isinstance(node, ast.If) else None
+            for branch, body in (("body", node.body), ("orelse", node.orelse)):
+                self.type_checking += branch == hidden
+                self.stmts(body, scope, in_except=in_except)
+                self.type_checking -= branch == hidden
         else:  # Expr, Return, Raise, Assert, Delete, Pass, TypeAlias, ...
             if isinstance(node, ast.Expr) and scope.parent is None:
                 self.record_all_call(node.value)
@@ -556,8 +618,8 @@ class _Collector:
                 self.bind_other(scope, name, child)
             if isinstance(child, ast.MatchValue):
                 self.expr(child.value, scope)
-            elif isinstance(child, ast.MatchClass):
-                self.expr(child.cls, scope)
+            elif isinstance(child, ast.MatchClass):  # an isinstance check of the subject
+                self.expr(child.cls, scope, "match_class", child)
 
     def record_all(self, node: ast.Assign | ast.AnnAssign | ast.AugAssign, scope: Scope) -> None:
         """Remember the names listed in a module-level ``__all__``."""
@@ -617,6 +679,11 @@ class _Collector:
         elif isinstance(node, ast.Compare) and _is_none_check(node):
             for operand in (node.left, *node.comparators):
                 self.expr(operand, scope, "none_check", node)
+        elif role == "annotation" and isinstance(node, ast.Constant):
+            if isinstance(node.value, str):
+                self.string_annotation(node, scope)
+        elif role == "annotation" and isinstance(node, ast.Subscript):
+            self.annotation_subscript(node, scope)
         elif isinstance(node, ast.NamedExpr):
             self.expr(node.value, scope, "value", node)
             target_scope = scope.walrus_target()
@@ -631,6 +698,44 @@ class _Collector:
                     self.expr(child, scope, inner_role)
                 elif isinstance(child, ast.keyword):
                     self.expr(child.value, scope)
+
+    def annotation_subscript(self, node: ast.Subscript, scope: Scope) -> None:
+        """``X[...]`` in an annotation; strings in ``Literal[...]`` are values, not types."""
+        self.expr(node.value, scope, "annotation")
+        callee = node.value
+        name = callee.id if isinstance(callee, ast.Name) else getattr(callee, "attr", None)
+        if name == "Literal":
+            self.expr(node.slice, scope)
+        elif name == "Annotated" and isinstance(node.slice, ast.Tuple) and node.slice.elts:
+            first, *metadata = node.slice.elts
+            self.expr(first, scope, "annotation")
+            for item in metadata:
+                self.expr(item, scope)
+        else:
+            self.expr(node.slice, scope, "annotation")
+
+    def string_annotation(self, node: ast.Constant, scope: Scope) -> None:
+        """Names in a string (forward-reference) annotation are uses like any other.
+
+        The string is parsed as an expression; its nodes get positions in the file when
+        the literal is a plain one-line string (quotes around exactly the value), else the
+        position of the whole literal. Refs keep the literal so the fixer can check that.
+        """
+        value = node.value
+        assert isinstance(value, str)
+        stripped = value.strip()
+        if not stripped or len(stripped) > 10_000:
+            return
+        try:
+            parsed = parse_expression(stripped)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return  # not an expression: not a forward reference either
+        _place(parsed, node, value, len(value) - len(value.lstrip()))
+        first = len(self.table.refs)
+        self.expr(parsed, scope, "annotation")
+        for ref in self.table.refs[first:]:
+            if ref.string is None:
+                ref.string = node
 
     def call(self, node: ast.Call, scope: Scope) -> None:
         self.expr(node.func, scope, "func", node)
@@ -663,3 +768,40 @@ class _Collector:
             self.expr(node.value, inner)
         else:
             self.expr(node.elt, inner)
+
+
+def parse_expression(text: str) -> ast.expr:
+    """Parse *text* as one expression, quietly (see :func:`compat.scan._text.parse_module`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tree = ast.parse(text, "<annotation>", mode="eval")
+    return tree.body
+
+
+def _place(parsed: ast.expr, literal: ast.Constant, value: str, lead: int) -> None:
+    """Move the nodes of *parsed* (parsed from the string *literal*) to file positions.
+
+    In a plain one-line literal the value starts after the quote(s): the literal is
+    1 or 3 quote bytes longer on each side than the UTF-8 value. Otherwise (escapes,
+    prefixes, implicit concatenation, several lines) every node gets the literal's span;
+    the fixer checks the literal's text before it rewrites anything in it.
+    """
+    line: int = literal.lineno
+    start: int = literal.col_offset
+    end_line = getattr(literal, "end_lineno", None)
+    end = getattr(literal, "end_col_offset", None)
+    extra = -1
+    if end_line == line and end is not None and "\n" not in value and "\r" not in value:
+        extra = end - start - len(value.encode("utf-8"))
+    for node in ast.walk(parsed):
+        if not hasattr(node, "lineno"):
+            continue
+        child: Any = node
+        if extra in (2, 6) and child.lineno == 1 and child.end_lineno == 1:
+            shift = start + extra // 2 + lead
+            child.lineno = child.end_lineno = line
+            child.col_offset += shift
+            child.end_col_offset = (child.end_col_offset or 0) + shift
+        else:
+            child.lineno, child.col_offset = line, start
+            child.end_lineno, child.end_col_offset = end_line, end

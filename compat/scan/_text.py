@@ -6,19 +6,61 @@ import ast
 import bisect
 import io
 import re
+import symtable
 import tokenize
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 _SKIP_TOKENS = frozenset({tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER})
 
 
-def parse_module(text: str, filename: str = "<string>") -> ast.Module:
-    """Parse *text*, keeping SyntaxWarning/DeprecationWarning about its contents quiet."""
+# The name the compiler gets for the text: never a file. On a syntax error CPython reads
+# the offending line back from the file of that name, decoded as UTF-8, to turn the
+# error's byte offset into a column; for a latin-1 or BOM file, or a text that is not
+# what is on disk (a fix being checked), that gives a wrong column. A name that is no
+# file makes it take the line from the text itself.
+_COMPILE_NAME = ""
+
+
+@contextmanager
+def _quiet_compile(filename: str) -> Iterator[None]:
+    """Keep warnings about the source quiet; name *filename* in a ``SyntaxError``."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ast.parse(text, filename)
+        warnings.simplefilter("ignore")  # invalid escapes and the like (errors under -W error)
+        try:
+            yield
+        except SyntaxError as exc:
+            exc.filename = filename
+            raise
+
+
+def parse_module(text: str, filename: str = "<string>") -> ast.Module:
+    """Parse *text*, keeping SyntaxWarning/DeprecationWarning about its contents quiet.
+
+    A ``SyntaxError`` names *filename*; its column counts characters of *text*.
+    """
+    with _quiet_compile(filename):
+        return ast.parse(text, _COMPILE_NAME)
+
+
+def check_module(text: str, filename: str = "<string>") -> None:
+    """Raise what :func:`parse_module` raises for *text*, without building its syntax tree.
+
+    Runs the compiler's symbol-table pass (:func:`symtable.symtable`). It starts with the
+    parser that :func:`ast.parse` uses, so it raises the same ``SyntaxError`` (type,
+    message, line, column) for every parser error, and it is faster because it makes no
+    Python objects for the tree. It also raises the errors found while binding names,
+    which ``ast.parse`` lets through but which stop the module from being imported:
+    ``nonlocal`` at module level, a duplicate argument name, ``import *`` in a function,
+    a name assigned before its ``global`` declaration, an unknown ``__future__`` feature,
+    and the like. Errors that only the bytecode compiler finds (``return`` outside a
+    function, ``break`` outside a loop, ...) are not raised, as by ``ast.parse``.
+    """
+    with _quiet_compile(filename):
+        symtable.symtable(text, _COMPILE_NAME, "exec")
 
 
 class FixError(Exception):

@@ -115,6 +115,9 @@ def _classify(table: SymbolTable, ref: Ref, symbol: str) -> Site:
             name = sorted(q for q in check if q is not None)[0].split(".")[-1]
             message = f"{name}() check against deprecated {symbol}; check LinearQuant"
             return Site("isinstance", ref.node, symbol, message, ref.scope, ref)
+    if ref.role == "match_class":  # ``case LinearA8W8Quant():`` is an isinstance check
+        message = f"case {spelled}() pattern checks against deprecated {symbol}; match LinearQuant"
+        return Site("isinstance", ref.node, symbol, message, ref.scope, ref)
     if ref.role == "base" and isinstance(parent, ast.ClassDef):
         message = f"class {parent.name} subclasses deprecated {symbol}"
         return Site("subclass", ref.node, symbol, message, ref.scope, ref, reason=SUBCLASS_REASON)

@@ -8,8 +8,10 @@ each of its uses is reported with the reason.
 
 Call mapping (legacy positional order ``in_features, out_features, bias, offset, device,
 dtype, output_dtype``): positional arguments 3 to 7 become keywords; a missing or
-``None`` ``output_dtype`` becomes ``output_dtype=torch.int8``; string dtypes become torch
-dtypes; ``int32`` output, ``*args``/``**kwargs`` and unknown keywords are not fixable.
+``None`` ``output_dtype`` becomes ``output_dtype=torch.int8``; string dtypes (any case,
+also through a module-level constant) become torch dtypes; a torch dtype attribute is
+kept; ``int32`` output, any other expression, ``*args``/``**kwargs`` and unknown keywords
+are not fixable.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import tokenize
 from dataclasses import dataclass, field
 
 from compat.scan._symbols import (
+    LEGACY_DTYPE_STRINGS,
+    LEGACY_INT32_STRING,
     REPLACEMENT,
     TARGET,
     Binding,
@@ -44,16 +48,12 @@ KEYWORDS = frozenset({*LEGACY_POSITIONAL, "pertoken_scale"})
 # modules that export LinearQuant, and where LinearQuant is imported from otherwise
 EXPORTERS = frozenset({"torch_npu.contrib.module", "torch_npu.contrib", "compat"})
 PROVIDERS = {"torch_npu": "torch_npu.contrib.module", "compat": "compat"}
-DTYPE_STRINGS = {
-    "int8": "int8",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
+DTYPE_STRINGS = LEGACY_DTYPE_STRINGS  # looked up lowercased, as the adapter does
+# torch dtypes LinearA8W8Quant accepted for output_dtype: such an argument is kept as written
+TORCH_DTYPES = frozenset({"torch.int8", "torch.float16", "torch.half", "torch.bfloat16"})
 INT32 = frozenset({"torch.int32", "torch.int"})
 INT32_REASON = "output_dtype=int32 was always rejected by LinearA8W8Quant"
+_QUOTES = ('"', "'", '"""', "'''")
 
 
 @dataclass
@@ -381,6 +381,8 @@ class _Planner:
         """The edits of one site: its name or attribute, and a call's arguments."""
         edits: list[Edit] = []
         ref = site.ref
+        if ref is not None and ref.string is not None:
+            self._check_string(ref.string)
         if ref is not None and isinstance(ref.node, ast.Attribute):
             edits.append(self._attribute_edit(ref.node, ref.scope))
         elif ref is not None and isinstance(ref.node, ast.Name):
@@ -390,6 +392,14 @@ class _Planner:
         if site.kind == "call":
             edits.extend(self._call_edits(site))
         return edits
+
+    def _check_string(self, literal: ast.Constant) -> None:
+        """A use inside a string annotation is renamed in place: the literal must be plain."""
+        text = self.src.text[self.src.start(literal) : self.src.end(literal)]
+        value = literal.value if isinstance(literal.value, str) else None
+        if value is None or not any(text == f"{q}{value}{q}" for q in _QUOTES):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise FixError(f"cannot rewrite inside the string annotation {shown}")
 
     def _replace(self, node: ast.AST, text: str) -> Edit:
         start, end = self.src.start(node), self.src.end(node)
@@ -443,7 +453,7 @@ class _Planner:
             raise FixError("positional bias/offset (old form) mixed with pertoken_scale")
         if site.partial:
             self._check_partial_uses(call)
-        dtype_text = self._output_dtype(given.get("output_dtype"))
+        dtype_text = self._output_dtype(given.get("output_dtype"), site)
         torch_name = ""
         if dtype_text is not None:
             torch_name = self._torch_name(site)
@@ -479,27 +489,102 @@ class _Planner:
                 if keyword.arg not in KEYWORDS:
                     raise FixError(f"{name}(...) at line {line} passes {keyword.arg}=")
                 if keyword.arg == "output_dtype" and (
-                    isinstance(keyword.value, ast.Constant)
-                    or self.table.resolve(keyword.value, ref.scope) & INT32
+                    self._torch_dtype(keyword.value, ref.scope) not in TORCH_DTYPES
                 ):
-                    raise FixError(f"{name}(...) at line {line} passes a legacy output_dtype")
+                    raise FixError(
+                        f"{name}(...) at line {line} passes output_dtype="
+                        f"{self._shown(keyword.value)}, which is not a torch dtype such as "
+                        "torch.int8"
+                    )
 
-    def _output_dtype(self, value: ast.expr | None) -> str | None:
-        """The torch dtype attribute to write for output_dtype (None: keep as written)."""
+    def _output_dtype(self, value: ast.expr | None, site: Site) -> str | None:
+        """The torch dtype attribute to write for output_dtype (None: keep as written).
+
+        Fixable: no value, a literal None or dtype string (also a name bound once, at module
+        level, to such a string), or a torch dtype spelled through an import of torch
+        (``torch.float16``, ``th.half``). Any other expression may hold a legacy string at
+        run time, which LinearQuant would reject.
+        """
         if value is None:
             return "int8"
-        if isinstance(value, ast.Constant):
-            if value.value is None:
+        literal = self._module_string(value, site) if isinstance(value, ast.Name) else value
+        if isinstance(literal, ast.Constant):
+            if literal.value is None:
                 return "int8"
-            if isinstance(value.value, str):
-                if value.value == "int32":
+            if isinstance(literal.value, str):
+                lowered = literal.value.lower()
+                if lowered == LEGACY_INT32_STRING:
                     raise FixError(INT32_REASON)
-                mapped = DTYPE_STRINGS.get(value.value)
+                mapped = DTYPE_STRINGS.get(lowered)
                 if mapped is None:
-                    raise FixError(f"unknown output_dtype string {value.value!r}")
+                    raise FixError(f"unknown output_dtype string {literal.value!r}")
                 return mapped
-            raise FixError(f"output_dtype={value.value!r} is not a dtype")
-        return None
+            raise FixError(f"output_dtype={literal.value!r} is not a dtype")
+        dtype = self._torch_dtype(value, site.scope)
+        if dtype in TORCH_DTYPES:
+            return None
+        if dtype in INT32 or self.table.resolve(value, site.scope) & INT32:
+            raise FixError(INT32_REASON)
+        shown = self._shown(value)
+        if dtype is not None:
+            spelled = dtype if shown == dtype else f"{shown} ({dtype})"
+            raise FixError(f"output_dtype={spelled} was always rejected by LinearA8W8Quant")
+        raise FixError(
+            f"output_dtype={shown} is neither None, a dtype string nor a torch dtype such as "
+            "torch.int8; its value at run time (maybe a legacy string) cannot be mapped"
+        )
+
+    def _torch_dtype(self, value: ast.expr, scope: Scope) -> str | None:
+        """``torch.<name>`` when *value* spells a torch attribute through imports only."""
+        qualname = self._imported(value, scope)
+        if qualname is None or qualname.split(".", 1)[0] != "torch":
+            return None
+        return qualname
+
+    def _imported(self, expr: ast.expr, scope: Scope) -> str | None:
+        """The qualified name of a name/attribute chain whose root is bound only by imports."""
+        if isinstance(expr, ast.Attribute):
+            base = self._imported(expr.value, scope)
+            return None if base is None else f"{base}.{expr.attr}"
+        if not isinstance(expr, ast.Name):
+            return None
+        owner = self.table.defining_scope(scope, expr.id)
+        if owner is None:
+            return None
+        names = {b.qualname if b.kind == "import" else None for b in owner.bindings[expr.id]}
+        return names.pop() if len(names) == 1 else None
+
+    def _module_string(self, name: ast.Name, site: Site) -> ast.expr:
+        """The string literal a module-level constant holds, if *name* is one (else *name*).
+
+        Followed only for a name bound exactly once in the file's module scope, by a plain
+        assignment at the top level of the module made before *site* when *site* itself
+        runs at import time.
+        """
+        owner = self.table.defining_scope(site.scope, name.id)
+        if owner is not self.table.module:
+            return name
+        bindings = owner.bindings[name.id]
+        if len(bindings) != 1:
+            return name
+        binding = bindings[0]
+        value = binding.value
+        if (
+            binding.kind != "assign"
+            or binding.block is not self.tree.body
+            or binding.type_checking
+            or not isinstance(value, ast.Constant)
+            or not isinstance(value.value, str)
+        ):
+            return name
+        if self._runs_inline(site.scope, owner) and not _before(binding.node, _at(site)):
+            return name
+        return value
+
+    def _shown(self, node: ast.AST) -> str:
+        """The source text of *node* on one line, shortened for a message."""
+        text = " ".join(self.src.text[self.src.start(node) : self.src.end(node)].split())
+        return text if len(text) <= 60 else text[:57] + "..."
 
     def _argument_edits(
         self,
@@ -510,11 +595,7 @@ class _Planner:
         dtype_text: str | None,
         torch_name: str,
     ) -> list[Edit]:
-        # output_dtype given as an expression: int32 is the one value never accepted
         value = given.get("output_dtype")
-        if value is not None and dtype_text is None:
-            if self.table.resolve(value, site.scope) & INT32:
-                raise FixError(INT32_REASON)
         tokens = self.src.tokens(self.src.end(call.func), self.src.end(call))
         regions, trailing, close = _regions(tokens)
         items: list[ast.AST] = [*call.args, *call.keywords]
@@ -555,15 +636,33 @@ class _Planner:
     # -- torch ---------------------------------------------------------------------------
 
     def _torch_name(self, site: Site) -> str:
-        """A name for the torch module at *site*, adding ``import torch`` if need be."""
-        if self.table.resolve_name(site.scope, "torch") == frozenset({"torch"}):
+        """A name for the torch module at *site*, adding ``import torch`` if need be.
+
+        Only bindings that exist when *site* runs count: not those under ``if
+        TYPE_CHECKING:``, and, where *site* runs in the scope that binds the name (module
+        level, say), not those made after it.
+        """
+        if self._binds_torch(site, "torch"):
             return "torch"
         for name, bindings in sorted(self.table.module.bindings.items()):
             if any(b.kind == "import" and b.qualname == "torch" for b in bindings):
-                if self.table.resolve_name(site.scope, name) == frozenset({"torch"}):
+                if self._binds_torch(site, name):
                     return name
-        if any("torch" in scope.bindings for scope in self.table.scopes):
-            raise FixError("the name torch is bound to something else here")
+        for scope in self.table.scopes:
+            for binding in scope.bindings.get("torch", []):
+                if binding.kind != "import" or binding.qualname != "torch":
+                    line = _line(binding.node)
+                    raise FixError(f"the name torch is bound to something else (line {line})")
+        owner = self.table.defining_scope(site.scope, "torch")
+        if owner is not None and owner.kind == "function":
+            bindings = owner.bindings["torch"]
+            if all(b.type_checking for b in bindings):
+                raise FixError(
+                    "torch is imported only under `if TYPE_CHECKING:` in this function, so "
+                    "the name is unbound there at run time; import torch by hand"
+                )
+            line = min(_line(b.node) for b in bindings)
+            raise FixError(f"torch is imported only after this call (line {line}); move it up")
         if self.table.module.stars:
             raise FixError("`import *` may bind the name torch; import torch by hand")
         edit = self.torch_import()
@@ -571,6 +670,29 @@ class _Planner:
             raise FixError(edit)
         self.needs_torch.add(id(site))
         return "torch"
+
+    def _binds_torch(self, site: Site, name: str) -> bool:
+        """Whether *name* is the torch module when *site* runs (see :meth:`_torch_name`)."""
+        owner = self.table.defining_scope(site.scope, name)
+        if owner is None:
+            return False
+        bindings = [b for b in owner.bindings[name] if not b.type_checking]
+        if self._runs_inline(site.scope, owner):
+            at = _at(site)
+            bindings = [b for b in bindings if not b.deferred and _before(b.node, at)]
+        return bool(bindings) and all(
+            self.table.resolve_binding(b) == frozenset({"torch"}) for b in bindings
+        )
+
+    @staticmethod
+    def _runs_inline(scope: Scope, owner: Scope) -> bool:
+        """Whether code in *scope* runs as part of *owner*'s code (no function in between)."""
+        current: Scope | None = scope
+        while current is not None and current is not owner:
+            if current.kind == "function":
+                return False
+            current = current.parent
+        return current is owner
 
     def torch_import(self) -> Edit | str:
         """The edit that adds ``import torch`` at the top of the module (str: why not)."""
@@ -608,6 +730,16 @@ class _Planner:
 
 def _line(node: ast.AST) -> int:
     return int(getattr(node, "lineno", 0))
+
+
+def _at(site: Site) -> tuple[int, int]:
+    """Where *site* starts running: its call, or its node."""
+    node: ast.AST = site.call if site.call is not None else site.node
+    return _line(node), int(getattr(node, "col_offset", 0))
+
+
+def _before(node: ast.AST, at: tuple[int, int]) -> bool:
+    return (_line(node), int(getattr(node, "col_offset", 0))) < at
 
 
 def _regions(tokens: list[Token]) -> tuple[list[tuple[int, int]], Token | None, Token]:

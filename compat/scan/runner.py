@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import io
 import multiprocessing
 import os
+import sys
 import threading
 import tokenize
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Literal
+from typing import Literal, TextIO
 
 from compat.scan._symbols import TARGET
-from compat.scan._text import FixError, SourceText, parse_module
+from compat.scan._text import FixError, SourceText, check_module, parse_module
 from compat.scan.finder import CODES
 from compat.scan.fixer import Plan, fix_text, plan
 from compat.scan.report import Finding, error_finding
@@ -35,7 +37,8 @@ class FileResult:
     findings: list[Finding] = field(default_factory=list)  # fix mode: what remains
     fixed: int = 0  # sites fixed (fix mode) or fixable by the diff (diff mode)
     changed: bool = False  # fix mode: the file was rewritten
-    diff: str = ""  # diff mode: unified diff of the fix
+    diff: str = ""  # diff mode: unified diff of the fix, as text (no BOM)
+    diff_bytes: bytes = b""  # the same diff in the file's own encoding, BOM kept
 
 
 def findings_from(plan_: Plan, source: SourceText, path: str) -> list[Finding]:
@@ -64,18 +67,23 @@ def findings_from(plan_: Plan, source: SourceText, path: str) -> list[Finding]:
 def scan_text(text: str, path: str = "<string>", *, check_syntax: bool = True) -> list[Finding]:
     """Findings for the module source *text*, shown as *path*.
 
-    Text that does not contain ``LinearA8W8Quant`` cannot hold a use; it is only parsed
-    (to report a syntax error) when *check_syntax* is true.
+    Every text is checked for syntax errors (one LQC901 finding, and nothing else, when
+    it has one). Text that does not contain ``LinearA8W8Quant`` cannot hold a use, so it
+    only gets the faster check of :func:`~compat.scan._text.check_module`, which finds
+    the same errors without building a syntax tree. *check_syntax* is accepted for
+    compatibility and changes nothing (it used to turn that check on).
     """
-    if not check_syntax and TARGET not in text:
-        return []
+    del check_syntax  # every text is checked now
+    mentions = TARGET in text
     try:
-        tree = parse_module(text, path)
+        if mentions:
+            tree = parse_module(text, path)  # parser errors: exactly as check_module
+        check_module(text, path)  # and the errors of the symbol-table pass
     except SyntaxError as exc:
         return [_syntax_error(path, exc)]
     except (ValueError, RecursionError, MemoryError) as exc:
         return [error_finding(path, "syntax-error", f"syntax error: {exc}")]
-    if TARGET not in text:
+    if not mentions:
         return []
     source = SourceText(text)
     return findings_from(plan(source, tree), source, path)
@@ -114,7 +122,8 @@ def _count_lines(text: str) -> int:
     return text.count("\n") + (0 if not text or text.endswith("\n") else 1)
 
 
-def _diff(path: str, old: str, new: str) -> str:
+def _diff_lines(path: str, old: str, new: str) -> list[str]:
+    """Unified diff lines of *old* -> *new*, the two ``---``/``+++`` header lines first."""
     lines = difflib.unified_diff(
         old.splitlines(keepends=True), new.splitlines(keepends=True), path, path
     )
@@ -123,18 +132,54 @@ def _diff(path: str, old: str, new: str) -> str:
         if not line.endswith(("\n", "\r")):
             line += "\n\\ No newline at end of file\n"
         out.append(line)
-    return "".join(out)
+    return out
+
+
+def _diff(path: str, old: str, new: str) -> str:
+    return "".join(_diff_lines(path, old, new))
+
+
+def _diff_bytes(path: str, old: str, new: str, encoding: str) -> bytes:
+    """The diff as ``patch -p0``/``git apply -p0`` expect it for a file in *encoding*.
+
+    Content lines are encoded like the file itself (a UTF-8 BOM stays at the start of
+    line 1), the header lines like the file system encodes the path.
+    """
+    codec = encoding
+    if codecs.lookup(encoding).name == "utf-8-sig":  # decoding dropped the BOM: put it back
+        codec = "utf-8"
+        old, new = "\ufeff" + old, "\ufeff" + new
+    lines = _diff_lines(path, old, new)
+    head = b"".join(os.fsencode(line) for line in lines[:2])
+    return head + "".join(lines[2:]).encode(codec)
+
+
+def write_diffs(results: Iterable[FileResult], stream: TextIO | None = None) -> None:
+    """Write the diffs of *results* to *stream* (default stdout), each in its file's encoding.
+
+    The bytes go to the stream's binary buffer; a stream without one (a StringIO) gets
+    the text diffs.
+    """
+    stream = sys.stdout if stream is None else stream
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write("".join(result.diff for result in results))
+        return
+    stream.flush()
+    for result in results:
+        buffer.write(result.diff_bytes)
+    buffer.flush()
 
 
 def process_file(path: str, mode: Mode, check_syntax: bool = False) -> FileResult:
-    """Scan (and fix or diff) one file; see :func:`scan_text` for *check_syntax*."""
+    """Scan (and fix or diff) one file; *check_syntax* is kept for compatibility (no effect)."""
     read = _read(path)
     if isinstance(read, Finding):
         return FileResult(path, findings=[read])
     text, encoding = read
     result = FileResult(path, lines=_count_lines(text))
     if mode == "scan" or TARGET not in text:
-        result.findings = scan_text(text, path, check_syntax=check_syntax)
+        result.findings = scan_text(text, path)
         return result
     try:
         new_text, remaining, fixed = fix_source(text, path)
@@ -145,7 +190,9 @@ def process_file(path: str, mode: Mode, check_syntax: bool = False) -> FileResul
     if mode == "diff":
         result.findings = scan_text(text, path)
         result.fixed = fixed
-        result.diff = _diff(path, text, new_text) if new_text != text else ""
+        if new_text != text:
+            result.diff = _diff(path, text, new_text)
+            result.diff_bytes = _diff_bytes(path, text, new_text, encoding)
         return result
     result.findings = remaining
     result.fixed = fixed
@@ -163,8 +210,8 @@ def process_file(path: str, mode: Mode, check_syntax: bool = False) -> FileResul
     return result
 
 
-def _process_chunk(paths: list[str], mode: Mode, check_syntax: bool) -> list[FileResult]:
-    return [process_file(path, mode, check_syntax) for path in paths]
+def _process_chunk(paths: list[str], mode: Mode) -> list[FileResult]:
+    return [process_file(path, mode) for path in paths]
 
 
 def _threads() -> int:
@@ -199,8 +246,9 @@ def process_files(
 ) -> list[FileResult]:
     """Results for *paths*, in the same order; uses *jobs* worker processes when it pays.
 
-    Files that do not mention ``LinearA8W8Quant`` are only read, unless *check_syntax*
-    asks for every file to be parsed so that its syntax errors are reported.
+    Every file is checked for syntax errors; only files that mention ``LinearA8W8Quant``
+    are parsed into a syntax tree and analysed (see :func:`scan_text`). *check_syntax* is
+    kept for compatibility and has no effect.
     """
     jobs = default_jobs() if not jobs else jobs
     if jobs > 1 and len(paths) > 1 and min_parallel_bytes > 0:
@@ -215,14 +263,14 @@ def process_files(
         if total < min_parallel_bytes:
             jobs = 1
     if jobs <= 1 or len(paths) <= 1:
-        return _process_chunk(list(paths), mode, check_syntax)
+        return _process_chunk(list(paths), mode)
     # many small chunks keep both workers busy until the end
     count = min(len(paths), jobs * 8)
     chunks = [list(paths[i::count]) for i in range(count)]
     order = {path: index for index, path in enumerate(paths)}
     results: list[FileResult] = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_context()) as pool:
-        for chunk_results in pool.map(_process_chunk, chunks, repeat(mode), repeat(check_syntax)):
+        for chunk_results in pool.map(_process_chunk, chunks, repeat(mode)):
             results.extend(chunk_results)
     results.sort(key=lambda r: order[r.path])
     return results

@@ -57,6 +57,47 @@ Factory = Legacy
 make = functools.partial(Legacy, 16, 8, False)
 layers = [Factory(16, 8, False, True), make(offset=True), make(output_dtype=torch.float16)]
 """,
+    # torch is bound for type checkers only: the fix must import it for real
+    "type_checking_torch": """\
+from typing import TYPE_CHECKING
+
+from compat import LinearA8W8Quant
+
+if TYPE_CHECKING:
+    import torch
+
+layers = [LinearA8W8Quant(16, 8, False), LinearA8W8Quant(16, 8, True, True)]
+""",
+    # the module-level import comes after the module-level calls
+    "torch_imported_late": """\
+from compat import LinearA8W8Quant
+
+layers = [LinearA8W8Quant(16, 8), LinearA8W8Quant(16, 8, output_dtype="fp16")]
+
+import torch  # noqa: E402
+""",
+    # a legacy string held by a module-level constant is mapped, not passed on
+    "dtype_constant": """\
+import torch
+from compat import LinearA8W8Quant
+
+DT = "fp16"
+layers = [
+    LinearA8W8Quant(16, 8, output_dtype=DT),
+    LinearA8W8Quant(16, 8, False, False, None, None, DT),
+]
+""",
+    # the adapter compares dtype strings case-insensitively
+    "uppercase_strings": """\
+from compat import LinearA8W8Quant
+
+layers = [
+    LinearA8W8Quant(16, 8, False, False, None, None, "FP16"),
+    LinearA8W8Quant(16, 8, output_dtype="BF16"),
+    LinearA8W8Quant(16, 8, output_dtype="Int8"),
+    LinearA8W8Quant(16, 8, True, False, output_dtype="HALF"),
+]
+""",
 }
 
 

@@ -195,13 +195,15 @@ def test_syntax_error_is_reported_and_others_still_scanned(
     ]
 
 
-def test_check_syntax_parses_every_file(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_file_is_checked_for_syntax(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tree / "pkg" / "unrelated.py").write_text("def f(:\n")
-    # a file that does not mention the class cannot contain a use: not parsed by default
-    assert main(["pkg/unrelated.py", "pkg/clean.py", "-q"]) == 0
-    assert capsys.readouterr().out == ""
+    # a file that does not mention the class cannot contain a use, but is still checked
+    expected = "pkg/unrelated.py:1:7: LQC901 syntax error: invalid syntax\n"
+    assert main(["pkg/unrelated.py", "pkg/clean.py", "-q"]) == 2
+    assert capsys.readouterr().out == expected
+    # --check-syntax is still accepted and changes nothing
     assert main(["pkg/unrelated.py", "pkg/clean.py", "-q", "--check-syntax"]) == 2
-    assert capsys.readouterr().out == "pkg/unrelated.py:1:7: LQC901 syntax error: invalid syntax\n"
+    assert capsys.readouterr().out == expected
     assert main(["pkg", "-q", "--check-syntax", "--exclude", "unrelated.py"]) == 1
 
 
