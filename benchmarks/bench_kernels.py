@@ -93,20 +93,25 @@ class OneDnnDigits:
         self.ones = torch.ones(n)
         self.zero_points = torch.zeros(n, dtype=torch.int64)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        m, k = x.shape
+    def gemm(self, rows: torch.Tensor) -> torch.Tensor:
+        """oneDNN's ``rows @ w.t()`` for uint8 rows, float32 out, scales 1, no zero points."""
         packed = self.packed
         if packed is None:
             packed = torch.ops.onednn.qlinear_prepack(self.w, None)
+        y: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
+            rows, 1.0, 0, packed, self.ones, self.zero_points, None, 1.0, 0,
+            torch.float32, "none", [], "",
+        )  # fmt: skip
+        return y
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m, k = x.shape
         u = x.view(torch.uint8) ^ 128  # x + 128 in [0, 255]
         rows = torch.empty((2 * m + 1, k), dtype=torch.uint8)
         torch.bitwise_right_shift(u, 4, out=rows[:m])
         torch.bitwise_and(u, 15, out=rows[m : 2 * m])
         rows[2 * m].fill_(1)
-        y: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
-            rows, 1.0, 0, packed, self.ones, self.zero_points, None, 1.0, 0,
-            torch.float32, "none", [], "",
-        ).to(torch.int32)  # fmt: skip
+        y = self.gemm(rows).to(torch.int32)
         out = y[:m].mul_(16)
         out += y[m : 2 * m]
         out -= y[2 * m] * 128
@@ -137,12 +142,8 @@ Product = Callable[[torch.Tensor], torch.Tensor]
 
 def onednn_full_range_error(w: torch.Tensor, x: torch.Tensor) -> int:
     """Largest error of oneDNN's u8 x s8 GEMM on x + 128 in [0, 255] without digits."""
-    ones, zero_points = torch.ones(w.shape[0]), torch.zeros(w.shape[0], dtype=torch.int64)
     rows = torch.cat([x.view(torch.uint8) ^ 128, torch.ones_like(x[:1], dtype=torch.uint8)])
-    packed = torch.ops.onednn.qlinear_prepack(w, None)
-    y: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
-        rows, 1.0, 0, packed, ones, zero_points, None, 1.0, 0, torch.float32, "none", [], ""
-    )
+    y = OneDnnDigits(w, prepack_each_call=False).gemm(rows)
     got = y[:-1].double() - 128 * y[-1].double()
     exact = x.double() @ w.double().t()
     return int((got - exact).abs().max().item())

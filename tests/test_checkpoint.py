@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import compat
+from compat.ops.reference import folds_float_scale
 
 I8, I32, I64 = torch.int8, torch.int32, torch.int64
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
@@ -193,7 +194,9 @@ def test_legal_checkpoints_are_adopted_exactly(
         x,
         tensors["weight"].transpose(0, 1),
         compat.trans_quant_param(want_scale, tensors.get("offset"))
-        if layer._scale_needs_encoding()
+        if folds_float_scale(
+            layer.scale.dtype, layer.output_dtype, has_pertoken=layer.pertoken_scale is not None
+        )
         else want_scale,
         offset=tensors.get("offset"),
         pertoken_scale=tensors.get("pertoken_scale"),

@@ -3,6 +3,8 @@ value got and what is allowed; nothing is cast silently."""
 
 from __future__ import annotations
 
+import numpy as np
+import oracle
 import pytest
 import torch
 
@@ -239,11 +241,8 @@ def test_transpose_of_a_single_column_weight_follows_cann() -> None:
 
     # x's nibbles are all 1, so each output is the sum of the eight signed nibbles of w's
     # int32 (e.g. -1 = 0xFFFFFFFF holds eight -1s)
-    def nibble_sum(v: int) -> int:
-        u = v & 0xFFFFFFFF
-        return sum(((u >> (4 * i)) & 0xF) - (16 if (u >> (4 * i)) & 0x8 else 0) for i in range(8))
-
-    want = torch.tensor([nibble_sum(v) for v in w.view(-1).tolist()], dtype=F16).expand(2, n)
+    nibble_sums = oracle.unpack_int4(w.view(-1).numpy()).reshape(n, 8).sum(axis=1)
+    want = torch.from_numpy(nibble_sums.astype(np.float16)).expand(2, n)
     assert torch.equal(out, want)
     m = compat.LinearQuant(1, n, bias=False, output_dtype=F16)
     m.weight.data, m.scale.data = w.clone(), torch.ones(n)

@@ -116,17 +116,15 @@ def lookup(
     return None
 
 
-def cached_encoding(
+def encode_and_cache(
     owner: torch.nn.Module,
     scale: torch.Tensor,
     offset: torch.Tensor | None,
     rule: Hashable,
     encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
 ) -> torch.Tensor:
-    """``encode(scale, offset)``, reusing the value cached on ``owner`` when valid."""
-    hit = lookup(owner, scale, offset, rule)
-    if hit is not None:
-        return hit
+    """``encode(scale, offset)``, cached on ``owner`` under ``rule`` for :func:`lookup`
+    (call it after a miss of :func:`lookup`)."""
     value = encode(scale, offset)
     if _is_compiling is not None and _is_compiling():  # the graph encodes, nothing cached
         return value

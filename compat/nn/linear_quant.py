@@ -123,12 +123,6 @@ class LinearQuant(_Base):
             f"pertoken_scale={self.pertoken_scale is not None}, output_dtype={self.output_dtype}"
         )
 
-    def _scale_needs_encoding(self) -> bool:
-        """Whether forward passes the scale to the op as an int64 quant param (L3 rule)."""
-        return folds_float_scale(
-            self.scale.dtype, self.output_dtype, has_pertoken=self.pertoken_scale is not None
-        )
-
     def _forward_scale(self) -> torch.Tensor:
         """The scale handed to the op: a float32 scale is encoded (with the offset) first.
 
@@ -150,7 +144,7 @@ class LinearQuant(_Base):
         if hit is not None:
             return hit
         if folds_float_scale(scale.dtype, output_dtype, has_pertoken=pertoken is not None):
-            return _scale_cache.cached_encoding(self, scale, offset, rule, trans_quant_param)
+            return _scale_cache.encode_and_cache(self, scale, offset, rule, trans_quant_param)
         return scale
 
     def clear_scale_cache(self) -> None:
