@@ -69,8 +69,11 @@ def encode(
     q = s19 | _FLAG
     if offset is not None:
         # rint half-to-even, then saturate to the 9-bit field (clamp in float first so
-        # that +-inf saturate instead of overflowing the integer conversion).
-        o = torch.round(offset).clamp(_OFFSET_MIN, _OFFSET_MAX).to(torch.int64)
+        # that +-inf saturate instead of overflowing the integer conversion). NaN, which
+        # the public callers reject where they can see values (not while tracing), is
+        # mapped to 0 rather than left to an undefined float -> integer cast.
+        o = torch.round(offset).nan_to_num(nan=0.0).clamp(_OFFSET_MIN, _OFFSET_MAX)
+        o = o.to(torch.int64)
         q = q | ((o & 0x1FF) << _OFFSET_SHIFT)
     return q
 

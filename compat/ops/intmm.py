@@ -16,7 +16,10 @@ overflow; every kernel below returns the true integer product, bit for bit:
   GEMM per chunk (:func:`digit_split`).
 * ``"int_mm"`` (default on CPUs with AVX512-VNNI or AMX, where oneDNN has real int8
   instructions, once a small adversarial product has come out exact):
-  ``torch._int_mm`` on 2-D operands, batch dims of x1 folded into m.
+  ``torch._int_mm`` on 2-D operands, batch dims of x1 folded into m. With k == 1 and
+  n >= 2, ``torch._int_mm`` on CPU (torch 2.13.0, AMX/AVX512-VNNI Xeon) returns
+  uninitialised memory in some calls and the true product in others; that shape is an
+  outer product and runs as one in int32 instead (:func:`_cpu_int_mm`).
 * CUDA: ``torch._int_mm`` where its shape rules hold, else float64 (integers below
   2**53 are exact whatever the summation order).
 * anything else (meta, MPS, XPU, ...): the same chunked float32 products, written
@@ -129,7 +132,7 @@ def int_matmul(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     kernel: _Kernel
     if device == "cpu":
         if _cpu_kernel == "int_mm":
-            kernel = torch._int_mm
+            kernel = _cpu_int_mm
         elif compiling():
             # inductor compiles the buffer-reusing kernel worse than eager runs it: hand it
             # over as one opaque custom op where torch has them (>= 2.4)
@@ -167,6 +170,15 @@ def _batched(kernel: _Kernel, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tenso
     b = x2.expand(*batch, *x2.shape[-2:]).reshape(-1, *x2.shape[-2:])
     out = torch.stack([kernel(a[i], b[i]) for i in range(a.shape[0])])
     return out.reshape(*batch, x1.shape[-2], x2.shape[-1])
+
+
+def _cpu_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch._int_mm(a, b)`` on CPU, except for k == 1, where it is not reliable (see the
+    module docstring): there the product is the outer product, exact in int32
+    (|a * b| <= 2**14)."""
+    if a.shape[1] == 1:
+        return a.to(torch.int32) * b.to(torch.int32)
+    return torch._int_mm(a, b)
 
 
 def _cuda_int_mm_ok(x1: torch.Tensor, x2: torch.Tensor) -> bool:

@@ -133,7 +133,11 @@ def reference_quant_matmul(
         y = y + bias.to(torch.float32)  # float bias: after scale and pertoken, in float32
     if output_dtype == torch.int8:
         # int8 output cannot carry gradients, so the fresh tensor t is updated in place.
-        t = torch.round(y).clamp_(-256, 255)  # 9-bit stage before the offset (spec §2.4)
+        # A float -> integer cast of NaN or of an out-of-range value is undefined in C++
+        # (scalar and SIMD paths differ), so every value is made finite and in range first.
+        # NaN (a NaN scale, pertoken scale or float bias; CANN forbids NaN scales, spec
+        # §2.1, and the hardware result is UNCONFIRMED) is defined here as 0.
+        t = torch.round(y).nan_to_num_(nan=0.0).clamp_(-256, 255)  # 9-bit stage (§2.4)
         if off is not None:
             t.add_(off)
         return t.clamp_(-128, 127).to(torch.int8)
