@@ -1,8 +1,9 @@
 """``python -m compat scan``: find, and optionally fix, uses of the deprecated LinearA8W8Quant.
 
-Exit codes: 0 nothing found (``--fix``: nothing left), 1 findings (``--fix``: findings
-that could not be fixed remain), 2 usage error, a missing path, or a file that could not
-be read or parsed (the other files are still scanned and reported).
+Exit codes, as linters have them: 0 nothing found (``--fix``: nothing left), 1 any
+finding, syntax errors (LQC901) included (``--fix``: findings that could not be fixed
+remain), 2 only for a usage error, a path that does not exist or cannot be read (LQC902),
+or an internal error (the other files are still scanned and reported).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ EXIT_FINDINGS = 1
 EXIT_ERROR = 2
 
 _EPILOG = """\
-exit codes: 0 no findings; 1 findings (with --fix: findings that could not be fixed
-remain); 2 usage error, missing path, or a file that could not be read or parsed.
+exit codes: 0 no findings; 1 any finding, syntax errors (LQC901) included (with --fix:
+findings that could not be fixed remain); 2 only for a usage error, a path that does not
+exist or cannot be read (LQC902), or an internal error.
 codes: LQC001 import, LQC002 call, LQC003 subclass, LQC004 isinstance, LQC005 alias,
 LQC006 dynamic, LQC007 reference, LQC901 syntax error, LQC902 unreadable file.
 """
@@ -142,7 +144,15 @@ def _summary(results: list[FileResult], findings: list[Finding], args: argparse.
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the scan described by *args*; returns the exit code."""
+    """Run the scan described by *args*; returns the exit code (2 on an internal error)."""
+    try:
+        return _scan(args)
+    except Exception as exc:  # an internal error exits 2, not a traceback's 1 ("findings")
+        print(f"compat scan: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _scan(args: argparse.Namespace) -> int:
     patterns = _patterns(args)
     if isinstance(patterns, str):
         print(f"compat scan: error: {patterns}", file=sys.stderr)
@@ -165,9 +175,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(render(findings))
     if not args.quiet:
         print(f"{_summary(results, findings, args)} in {elapsed:.2f}s", file=sys.stderr)
-    if missing or any(f.is_error for f in findings):
+    return exit_code(findings, missing)
+
+
+def exit_code(findings: Sequence[Finding], missing: Sequence[str]) -> int:
+    """2 for a missing or unreadable path, else 1 for any finding (syntax errors too), else 0."""
+    if missing or any(f.kind == "unreadable" for f in findings):
         return EXIT_ERROR
-    return EXIT_FINDINGS if any(not f.is_error for f in findings) else EXIT_OK
+    return EXIT_FINDINGS if findings else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
