@@ -71,8 +71,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     action.add_argument(
         "--diff",
         action="store_true",
-        help="print the fixes as a unified diff on stdout, and what they cannot fix on "
-        "stderr; write nothing",
+        help="print the fixes as a unified diff on stdout, followed by what they cannot "
+        "fix; write nothing",
     )
     parser.add_argument(
         "--exclude",
@@ -169,8 +169,8 @@ def _scan(args: argparse.Namespace) -> int:
     findings = sorted(f for result in results for f in result.findings)
     render = format_json if args.format == "json" else format_text
     if args.diff:
-        write_diffs(results)  # bytes, in each file's own encoding
-        sys.stderr.write(render([f for f in findings if not f.fixable]))
+        write_diffs(results)  # bytes, in each file's own encoding, ending with a newline
+        sys.stdout.write(render([f for f in findings if not f.fixable]))  # after the diff
     else:
         sys.stdout.write(render(findings))
     if not args.quiet:

@@ -163,11 +163,17 @@ def write_diffs(results: Iterable[FileResult], stream: TextIO | None = None) -> 
     stream = sys.stdout if stream is None else stream
     buffer = getattr(stream, "buffer", None)
     if buffer is None:
-        stream.write("".join(result.diff for result in results))
+        text = "".join(result.diff for result in results)
+        stream.write(text if not text or text.endswith("\n") else text + "\n")
         return
     stream.flush()
+    last = b""
     for result in results:
-        buffer.write(result.diff_bytes)
+        if result.diff_bytes:
+            buffer.write(result.diff_bytes)
+            last = result.diff_bytes
+    if last and not last.endswith(b"\n"):
+        buffer.write(b"\n")  # the output ends with a newline (a file with CR-only lines)
     buffer.flush()
 
 

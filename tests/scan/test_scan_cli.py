@@ -145,12 +145,32 @@ def test_diff_applies_with_patch(tree: Path, capsys: pytest.CaptureFixture[str])
     assert (tree / "pkg" / "no_newline.py").read_text() == "from compat import LinearQuant"
 
 
-def test_diff_reports_unfixable_on_stderr(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_diff_reports_unfixable_on_stdout(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tree / "pkg" / "sub.py").write_text(SUBCLASS)
     assert main(["--diff", "pkg/sub.py", "-q"]) == 1
     captured = capsys.readouterr()
-    assert captured.out == ""
-    assert [line.split(" ")[1] for line in captured.err.splitlines()] == ["LQC001", "LQC003"]
+    assert captured.err == ""
+    assert [line.split(" ")[1] for line in captured.out.splitlines()] == ["LQC001", "LQC003"]
+
+
+def test_diff_then_findings_on_stdout_summary_on_stderr_and_applies(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tree / "pkg" / "sub.py").write_text(SUBCLASS)
+    assert main(["--diff", "pkg"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.endswith("\n")
+    head, findings = captured.out.split("pkg/sub.py:", 1)
+    assert head.startswith("--- pkg/legacy.py\n") and "+++ pkg/legacy.py\n" in head
+    assert findings.startswith("1:20: LQC001") and "pkg/sub.py:4:12: LQC003" in findings
+    assert captured.err.startswith("compat scan: scanned ")  # only the summary
+    assert len(captured.err.splitlines()) == 1
+    result = subprocess.run(
+        ["git", "apply", "-p0", "-"], input=captured.out, text=True, cwd=tree, capture_output=True
+    )  # the findings after the diff are text git apply skips
+    assert result.returncode == 0, result.stderr
+    assert (tree / "pkg" / "legacy.py").read_text() == FIXED
+    assert (tree / "pkg" / "sub.py").read_text() == SUBCLASS
 
 
 def test_fix_and_diff_together_is_a_usage_error(tree: Path) -> None:

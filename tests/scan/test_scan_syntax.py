@@ -263,7 +263,7 @@ def test_fix_and_diff_report_the_error_and_still_fix_the_rest(
     assert main(["pkg", "-q", "--diff"]) == 1
     captured = capsys.readouterr()
     assert "+layer = LinearQuant(4, 8, bias=True, output_dtype=torch.int8)" in captured.out
-    assert "pkg/broken.py:5:12: LQC901" in captured.err
+    assert "pkg/broken.py:5:12: LQC901" in captured.out
     assert main(["pkg", "-q", "--fix"]) == 1
     assert capsys.readouterr().out.splitlines() == [
         "pkg/broken.py:5:12: LQC901 syntax error: '[' was never closed"
