@@ -17,24 +17,25 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from compat.scan._text import SourceText
+from compat.upstream import (
+    COMPAT_LEGACY_MODULE,
+    INT32_SPELLINGS,
+    LEGACY_CLASS,
+    OUTPUT_DTYPE_ALIASES,
+    PACKAGE,
+    REPLACEMENT_CLASS,
+)
 
-TARGET = "LinearA8W8Quant"
-REPLACEMENT = "LinearQuant"
-FAMILY_ROOTS = ("torch_npu", "compat")
+TARGET = LEGACY_CLASS
+REPLACEMENT = REPLACEMENT_CLASS
+FAMILY_ROOTS = (PACKAGE, COMPAT_LEGACY_MODULE.partition(".")[0])
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
 
-# strings LinearA8W8Quant took for output_dtype, looked up lowercased like the adapter does
-# (``legacy_output_dtype`` in compat/nn/linear_a8w8_quant.py), and the torch dtype each meant
-LEGACY_DTYPE_STRINGS = {
-    "int8": "int8",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
-LEGACY_INT32_STRING = "int32"
+# strings LinearA8W8Quant took for output_dtype (looked up lowercased, as the adapter does)
+# and the torch dtype each meant; the int32 spellings it always refused
+LEGACY_DTYPE_STRINGS = OUTPUT_DTYPE_ALIASES
+LEGACY_INT32_STRINGS = INT32_SPELLINGS
 
 # a binding of the name ``torch`` (not a ``torch.x`` attribute use): blocks that may hold
 # one are never skipped, since they decide how a fix may spell ``torch.int8``
@@ -333,7 +334,7 @@ def _is_dtype_string(value: ast.expr | None) -> bool:
     if not isinstance(value, ast.Constant) or not isinstance(value.value, str):
         return False
     lowered = value.value.lower()
-    return lowered in LEGACY_DTYPE_STRINGS or lowered == LEGACY_INT32_STRING
+    return lowered in LEGACY_DTYPE_STRINGS or lowered in LEGACY_INT32_STRINGS
 
 
 def _is_type_checking(expr: ast.expr) -> bool:
