@@ -18,13 +18,22 @@ from compat.scan import (
     FileResult,
     Finding,
     discover,
+    format_github,
     format_json,
+    format_sarif,
     format_text,
     process_files,
 )
 from compat.scan.runner import Mode, write_diffs
 
 HELP = "statically find (and --fix) uses of the deprecated LinearA8W8Quant; imports nothing"
+
+FORMATS = {
+    "text": format_text,
+    "json": format_json,
+    "github": format_github,
+    "sarif": format_sarif,
+}
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -58,9 +67,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("text", "json"),
+        choices=tuple(FORMATS),
         default="text",
-        help="text: 'path:line:col: CODE message' lines (default); json: a list of objects",
+        help="text: 'path:line:col: CODE message' lines (default); json: a list of objects; "
+        "github: GitHub Actions ::warning annotations; sarif: a SARIF 2.1.0 log",
     )
     action = parser.add_mutually_exclusive_group()
     action.add_argument(
@@ -167,7 +177,7 @@ def _scan(args: argparse.Namespace) -> int:
     results = process_files(files, mode, args.jobs)
     elapsed = time.perf_counter() - started
     findings = sorted(f for result in results for f in result.findings)
-    render = format_json if args.format == "json" else format_text
+    render = FORMATS[args.format]
     if args.diff:
         write_diffs(results)  # bytes, in each file's own encoding, ending with a newline
         sys.stdout.write(render([f for f in findings if not f.fixable]))  # after the diff
