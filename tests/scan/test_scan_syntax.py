@@ -148,7 +148,7 @@ def _report(text: str) -> list[Finding]:
 
 def _full_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make scan_text treat every text as one that names the class (the ast.parse path)."""
-    monkeypatch.setattr(runner, "TARGET", "")
+    monkeypatch.setattr(runner, "mentions", lambda text: True)
 
 
 def _ast_parse(text: str, filename: str) -> None:
