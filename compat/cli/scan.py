@@ -1,8 +1,9 @@
 """``python -m compat scan``: find, and optionally fix, uses of the deprecated LinearA8W8Quant.
 
-Exit codes: 0 nothing found (``--fix``: nothing left), 1 findings (``--fix``: findings
-that could not be fixed remain), 2 usage error, a missing path, or a file that could not
-be read or parsed (the other files are still scanned and reported).
+Exit codes, as linters have them: 0 nothing found (``--fix``: nothing left), 1 any
+finding, syntax errors (LQC901) included (``--fix``: findings that could not be fixed
+remain), 2 only for a usage error, a path that does not exist or cannot be read (LQC902),
+or an internal error (the other files are still scanned and reported).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from compat.scan import (
     FileResult,
     Finding,
     discover,
+    format_github,
     format_json,
+    format_sarif,
     format_text,
     process_files,
 )
@@ -25,13 +28,21 @@ from compat.scan.runner import Mode, write_diffs
 
 HELP = "statically find (and --fix) uses of the deprecated LinearA8W8Quant; imports nothing"
 
+FORMATS = {
+    "text": format_text,
+    "json": format_json,
+    "github": format_github,
+    "sarif": format_sarif,
+}
+
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
 
 _EPILOG = """\
-exit codes: 0 no findings; 1 findings (with --fix: findings that could not be fixed
-remain); 2 usage error, missing path, or a file that could not be read or parsed.
+exit codes: 0 no findings; 1 any finding, syntax errors (LQC901) included (with --fix:
+findings that could not be fixed remain); 2 only for a usage error, a path that does not
+exist or cannot be read (LQC902), or an internal error.
 codes: LQC001 import, LQC002 call, LQC003 subclass, LQC004 isinstance, LQC005 alias,
 LQC006 dynamic, LQC007 reference, LQC901 syntax error, LQC902 unreadable file.
 """
@@ -56,9 +67,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("text", "json"),
+        choices=tuple(FORMATS),
         default="text",
-        help="text: 'path:line:col: CODE message' lines (default); json: a list of objects",
+        help="text: 'path:line:col: CODE message' lines (default); json: a list of objects; "
+        "github: GitHub Actions ::warning annotations; sarif: a SARIF 2.1.0 log",
     )
     action = parser.add_mutually_exclusive_group()
     action.add_argument(
@@ -69,8 +81,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     action.add_argument(
         "--diff",
         action="store_true",
-        help="print the fixes as a unified diff on stdout, and what they cannot fix on "
-        "stderr; write nothing",
+        help="print the fixes as a unified diff on stdout, followed by what they cannot "
+        "fix; write nothing",
     )
     parser.add_argument(
         "--exclude",
@@ -142,7 +154,15 @@ def _summary(results: list[FileResult], findings: list[Finding], args: argparse.
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the scan described by *args*; returns the exit code."""
+    """Run the scan described by *args*; returns the exit code (2 on an internal error)."""
+    try:
+        return _scan(args)
+    except Exception as exc:  # an internal error exits 2, not a traceback's 1 ("findings")
+        print(f"compat scan: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _scan(args: argparse.Namespace) -> int:
     patterns = _patterns(args)
     if isinstance(patterns, str):
         print(f"compat scan: error: {patterns}", file=sys.stderr)
@@ -157,17 +177,22 @@ def run(args: argparse.Namespace) -> int:
     results = process_files(files, mode, args.jobs)
     elapsed = time.perf_counter() - started
     findings = sorted(f for result in results for f in result.findings)
-    render = format_json if args.format == "json" else format_text
+    render = FORMATS[args.format]
     if args.diff:
-        write_diffs(results)  # bytes, in each file's own encoding
-        sys.stderr.write(render([f for f in findings if not f.fixable]))
+        write_diffs(results)  # bytes, in each file's own encoding, ending with a newline
+        sys.stdout.write(render([f for f in findings if not f.fixable]))  # after the diff
     else:
         sys.stdout.write(render(findings))
     if not args.quiet:
         print(f"{_summary(results, findings, args)} in {elapsed:.2f}s", file=sys.stderr)
-    if missing or any(f.is_error for f in findings):
+    return exit_code(findings, missing)
+
+
+def exit_code(findings: Sequence[Finding], missing: Sequence[str]) -> int:
+    """2 for a missing or unreadable path, else 1 for any finding (syntax errors too), else 0."""
+    if missing or any(f.kind == "unreadable" for f in findings):
         return EXIT_ERROR
-    return EXIT_FINDINGS if any(not f.is_error for f in findings) else EXIT_OK
+    return EXIT_FINDINGS if findings else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

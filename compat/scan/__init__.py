@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from compat.scan.files import DEFAULT_EXCLUDES, Excludes, discover
 from compat.scan.finder import CODES
-from compat.scan.report import KINDS, Finding, format_json, format_text
+from compat.scan.report import (
+    KINDS,
+    Finding,
+    format_github,
+    format_json,
+    format_sarif,
+    format_text,
+)
 from compat.scan.runner import FileResult, fix_source, process_files, scan_text
 
 __all__ = [
@@ -24,7 +31,9 @@ __all__ = [
     "Finding",
     "discover",
     "fix_source",
+    "format_github",
     "format_json",
+    "format_sarif",
     "format_text",
     "process_files",
     "scan_text",

@@ -17,24 +17,38 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from compat.scan._text import SourceText
+from compat.upstream import (
+    COMPAT_LEGACY_MODULE,
+    INT32_SPELLINGS,
+    LEGACY_CLASS,
+    LEGACY_SUBMODULE,
+    MODULE,
+    OUTPUT_DTYPE_ALIASES,
+    PACKAGE,
+    REPLACEMENT_CLASS,
+)
 
-TARGET = "LinearA8W8Quant"
-REPLACEMENT = "LinearQuant"
-FAMILY_ROOTS = ("torch_npu", "compat")
+TARGET = LEGACY_CLASS
+REPLACEMENT = REPLACEMENT_CLASS
+FAMILY_ROOTS = (PACKAGE, COMPAT_LEGACY_MODULE.partition(".")[0])
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
 
-# strings LinearA8W8Quant took for output_dtype, looked up lowercased like the adapter does
-# (``legacy_output_dtype`` in compat/nn/linear_a8w8_quant.py), and the torch dtype each meant
-LEGACY_DTYPE_STRINGS = {
-    "int8": "int8",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
-LEGACY_INT32_STRING = "int32"
+# the legacy submodule's own name: ``import_module("torch_npu.contrib.module.linear_a8w8_quant")``
+# is a use without the class name in it
+LEGACY_MODULE_NAME = LEGACY_SUBMODULE.rpartition(".")[2]
+LEGACY_MODULES = frozenset({LEGACY_SUBMODULE, COMPAT_LEGACY_MODULE})
+# attribute chains that reach the class whatever their base (``x.contrib.module.LinearA8W8Quant``),
+# with the torch_npu name each stands for
+CHAIN_SUFFIXES: tuple[tuple[tuple[str, ...], str], ...] = tuple(
+    ((*module.split(".")[1:], TARGET), f"{module}.{TARGET}")
+    for module in (MODULE, LEGACY_SUBMODULE)
+)
+
+# strings LinearA8W8Quant took for output_dtype (looked up lowercased, as the adapter does)
+# and the torch dtype each meant; the int32 spellings it always refused
+LEGACY_DTYPE_STRINGS = OUTPUT_DTYPE_ALIASES
+LEGACY_INT32_STRINGS = INT32_SPELLINGS
 
 # a binding of the name ``torch`` (not a ``torch.x`` attribute use): blocks that may hold
 # one are never skipped, since they decide how a fix may spell ``torch.int8``
@@ -54,6 +68,32 @@ def family(qualname: str | None) -> str | None:
         return None
     root = qualname.split(".", 1)[0]
     return root if root in FAMILY_ROOTS else None
+
+
+def mentions(text: str) -> bool:
+    """Whether *text* may hold a use: it spells the class or the legacy submodule's name."""
+    return TARGET in text or LEGACY_MODULE_NAME in text
+
+
+def chain_symbol(node: ast.Attribute) -> str | None:
+    """The torch_npu name an attribute chain ending in ``contrib.module[.linear_a8w8_quant]
+    .LinearA8W8Quant`` reaches, whatever its base (a parameter, ``self.x``, a call); else None."""
+    attrs: list[str] = []
+    current: ast.expr = node
+    while isinstance(current, ast.Attribute) and len(attrs) < 4:
+        attrs.append(current.attr)
+        current = current.value
+    attrs.reverse()
+    for suffix, symbol in CHAIN_SUFFIXES:
+        if tuple(attrs[-len(suffix) :]) == suffix:
+            return symbol
+    return None
+
+
+def _constant_string(expr: ast.expr | None) -> str | None:
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        return expr.value
+    return None
 
 
 def is_deprecated(qualname: str | None) -> bool:
@@ -152,6 +192,7 @@ class SymbolTable:
     by_value: dict[int, Binding] = field(default_factory=dict)  # id(assigned value) -> binding
     refs: list[Ref] = field(default_factory=list)
     getattr_calls: list[tuple[ast.Call, Scope]] = field(default_factory=list)
+    module_calls: list[tuple[ast.Call, Scope]] = field(default_factory=list)
     imports: list[tuple[ast.ImportFrom, Binding]] = field(default_factory=list)
     all_names: set[str] = field(default_factory=set)
     _memo: dict[tuple[int, str], Qualnames] = field(default_factory=dict)
@@ -215,14 +256,22 @@ class SymbolTable:
         if isinstance(expr, ast.Attribute):
             bases = self.resolve(expr.value, scope)
             return frozenset(None if base is None else f"{base}.{expr.attr}" for base in bases)
-        if (
-            isinstance(expr, ast.Call)
-            and len(expr.args) == 1
-            and isinstance(expr.args[0], ast.Constant)
-            and isinstance(expr.args[0].value, str)
-            and "importlib.import_module" in self.resolve(expr.func, scope)
-        ):
-            return frozenset({expr.args[0].value})
+        if isinstance(expr, ast.Subscript):  # sys.modules["torch_npu"]
+            key = _constant_string(expr.slice)
+            if key is not None and "sys.modules" in self.resolve(expr.value, scope):
+                return frozenset({key})
+            return _UNKNOWN
+        if isinstance(expr, ast.Call) and expr.args:
+            name = _constant_string(expr.args[0])
+            if name is None:
+                return _UNKNOWN
+            func = self.resolve(expr.func, scope)
+            if len(expr.args) == 1 and func & {"importlib.import_module", "sys.modules.get"}:
+                return frozenset({name})
+            if "builtins.__import__" in func:
+                # __import__("a.b") returns the top package "a", unless a fromlist is given
+                fromlist = len(expr.args) >= 4 or any(k.arg == "fromlist" for k in expr.keywords)
+                return frozenset({name if fromlist else name.partition(".")[0]})
         return _UNKNOWN
 
 
@@ -333,7 +382,7 @@ def _is_dtype_string(value: ast.expr | None) -> bool:
     if not isinstance(value, ast.Constant) or not isinstance(value.value, str):
         return False
     lowered = value.value.lower()
-    return lowered in LEGACY_DTYPE_STRINGS or lowered == LEGACY_INT32_STRING
+    return lowered in LEGACY_DTYPE_STRINGS or lowered in LEGACY_INT32_STRINGS
 
 
 def _is_type_checking(expr: ast.expr) -> bool:
@@ -377,7 +426,7 @@ class _Collector:
         """Skip compound statements whose text mentions none of *names*."""
         self.text = source
         words = "|".join(re.escape(name) for name in sorted(names))
-        self.names_re = re.compile(rf"(?<![\w.])(?:{words})\b|\.{TARGET}\b")
+        self.names_re = re.compile(rf"(?<![\w.])(?:{words})\b|\.{TARGET}\b|{LEGACY_MODULE_NAME}")
 
     def irrelevant(self, node: ast.stmt, scope: Scope) -> bool:
         """Whether *node* is a compound statement that cannot matter (see :func:`build`)."""
@@ -666,7 +715,7 @@ class _Collector:
                 self.table.refs.append(Ref(node, scope, role, parent, index))
             self.expr(node.value, scope, "attr_base", node)
         elif isinstance(node, ast.Call):
-            self.call(node, scope)
+            self.call(node, scope, role)
         elif isinstance(node, ast.Lambda):
             for default in (*node.args.defaults, *node.args.kw_defaults):
                 if default is not None:
@@ -737,8 +786,10 @@ class _Collector:
             if ref.string is None:
                 ref.string = node
 
-    def call(self, node: ast.Call, scope: Scope) -> None:
+    def call(self, node: ast.Call, scope: Scope, role: RefRole = "other") -> None:
         self.expr(node.func, scope, "func", node)
+        if role != "attr_base" and node.args and _constant_string(node.args[0]) in LEGACY_MODULES:
+            self.table.module_calls.append((node, scope))  # import_module("...linear_a8w8_quant")
         for index, arg in enumerate(node.args):
             if isinstance(arg, ast.Tuple):
                 for elt in arg.elts:

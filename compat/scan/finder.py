@@ -19,6 +19,7 @@ from compat.scan._symbols import (
     Scope,
     SymbolTable,
     build,
+    chain_symbol,
     family,
     is_deprecated,
 )
@@ -83,10 +84,17 @@ def find(tree: ast.Module, source: SourceText | None = None) -> Analysis:
     for ref in table.refs:
         resolved = table.resolve(ref.node, ref.scope)
         deprecated = sorted(q for q in resolved if q is not None and is_deprecated(q))
+        if not deprecated and isinstance(ref.node, ast.Attribute):
+            chained = chain_symbol(ref.node)  # x.contrib.module.LinearA8W8Quant, any x
+            deprecated = [chained] if chained is not None else []
         if deprecated:
             sites.append(_classify(table, ref, deprecated[0]))
     for call, scope in table.getattr_calls:
         site = _dynamic(table, call, scope)
+        if site is not None:
+            sites.append(site)
+    for call, scope in table.module_calls:
+        site = _module_call(table, call, scope)
         if site is not None:
             sites.append(site)
     sites.sort(key=lambda s: (getattr(s.node, "lineno", 0), getattr(s.node, "col_offset", 0)))
@@ -155,4 +163,16 @@ def _dynamic(table: SymbolTable, call: ast.Call, scope: Scope) -> Site | None:
     else:
         return None
     message = f'getattr(..., "{TARGET}") looks up deprecated {symbol} dynamically'
+    return Site("dynamic", call, symbol, message, scope, reason=DYNAMIC_REASON)
+
+
+def _module_call(table: SymbolTable, call: ast.Call, scope: Scope) -> Site | None:
+    """``importlib.import_module("torch_npu.contrib.module.linear_a8w8_quant")`` and the like."""
+    func = table.resolve(call.func, scope)
+    if not func & {"importlib.import_module", "builtins.__import__"}:
+        return None
+    module = call.args[0]
+    assert isinstance(module, ast.Constant)
+    symbol = f"{module.value}.{TARGET}"
+    message = f"{_spell(call)} imports the module of deprecated {symbol} by name"
     return Site("dynamic", call, symbol, message, scope, reason=DYNAMIC_REASON)

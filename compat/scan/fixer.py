@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from compat.scan._symbols import (
     LEGACY_DTYPE_STRINGS,
-    LEGACY_INT32_STRING,
+    LEGACY_INT32_STRINGS,
     REPLACEMENT,
     TARGET,
     Binding,
@@ -33,26 +33,28 @@ from compat.scan._symbols import (
 )
 from compat.scan._text import Edit, FixError, SourceText, Token, apply_edits, parse_module
 from compat.scan.finder import Analysis, Site, find
+from compat.upstream import (
+    COMPAT_REPLACEMENT_MODULE,
+    CONTRIB,
+    INT32_REASON,
+    LEGACY_OUTPUT_DTYPES,
+    MODULE,
+    PACKAGE,
+)
+from compat.upstream import LEGACY_POSITIONAL as UPSTREAM_POSITIONAL
 
 # the positional order of the old LinearA8W8Quant constructor
-LEGACY_POSITIONAL: tuple[str, ...] = (
-    "in_features",
-    "out_features",
-    "bias",
-    "offset",
-    "device",
-    "dtype",
-    "output_dtype",
-)
+LEGACY_POSITIONAL: tuple[str, ...] = ("in_features", "out_features", *UPSTREAM_POSITIONAL)
 KEYWORDS = frozenset({*LEGACY_POSITIONAL, "pertoken_scale"})
 # modules that export LinearQuant, and where LinearQuant is imported from otherwise
-EXPORTERS = frozenset({"torch_npu.contrib.module", "torch_npu.contrib", "compat"})
-PROVIDERS = {"torch_npu": "torch_npu.contrib.module", "compat": "compat"}
+_COMPAT = COMPAT_REPLACEMENT_MODULE.partition(".")[0]
+EXPORTERS = frozenset({MODULE, CONTRIB, _COMPAT})
+PROVIDERS = {PACKAGE: MODULE, _COMPAT: _COMPAT}
 DTYPE_STRINGS = LEGACY_DTYPE_STRINGS  # looked up lowercased, as the adapter does
 # torch dtypes LinearA8W8Quant accepted for output_dtype: such an argument is kept as written
-TORCH_DTYPES = frozenset({"torch.int8", "torch.float16", "torch.half", "torch.bfloat16"})
-INT32 = frozenset({"torch.int32", "torch.int"})
-INT32_REASON = "output_dtype=int32 was always rejected by LinearA8W8Quant"
+# (torch.half is torch's own alias of torch.float16)
+TORCH_DTYPES = frozenset({*(f"torch.{name}" for name in LEGACY_OUTPUT_DTYPES), "torch.half"})
+INT32 = frozenset(f"torch.{name}" for name in LEGACY_INT32_STRINGS)
 _QUOTES = ('"', "'", '"""', "'''")
 
 
@@ -513,7 +515,7 @@ class _Planner:
                 return "int8"
             if isinstance(literal.value, str):
                 lowered = literal.value.lower()
-                if lowered == LEGACY_INT32_STRING:
+                if lowered in LEGACY_INT32_STRINGS:
                     raise FixError(INT32_REASON)
                 mapped = DTYPE_STRINGS.get(lowered)
                 if mapped is None:

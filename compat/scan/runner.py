@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Literal, TextIO
 
-from compat.scan._symbols import TARGET
+from compat.scan._symbols import mentions
 from compat.scan._text import FixError, SourceText, check_module, parse_module
 from compat.scan.finder import CODES
 from compat.scan.fixer import Plan, fix_text, plan
@@ -74,16 +74,16 @@ def scan_text(text: str, path: str = "<string>", *, check_syntax: bool = True) -
     compatibility and changes nothing (it used to turn that check on).
     """
     del check_syntax  # every text is checked now
-    mentions = TARGET in text
+    mentioned = mentions(text)
     try:
-        if mentions:
+        if mentioned:
             tree = parse_module(text, path)  # parser errors: exactly as check_module
         check_module(text, path)  # and the errors of the symbol-table pass
     except SyntaxError as exc:
         return [_syntax_error(path, exc)]
     except (ValueError, RecursionError, MemoryError) as exc:
         return [error_finding(path, "syntax-error", f"syntax error: {exc}")]
-    if not mentions:
+    if not mentioned:
         return []
     source = SourceText(text)
     return findings_from(plan(source, tree), source, path)
@@ -163,11 +163,17 @@ def write_diffs(results: Iterable[FileResult], stream: TextIO | None = None) -> 
     stream = sys.stdout if stream is None else stream
     buffer = getattr(stream, "buffer", None)
     if buffer is None:
-        stream.write("".join(result.diff for result in results))
+        text = "".join(result.diff for result in results)
+        stream.write(text if not text or text.endswith("\n") else text + "\n")
         return
     stream.flush()
+    last = b""
     for result in results:
-        buffer.write(result.diff_bytes)
+        if result.diff_bytes:
+            buffer.write(result.diff_bytes)
+            last = result.diff_bytes
+    if last and not last.endswith(b"\n"):
+        buffer.write(b"\n")  # the output ends with a newline (a file with CR-only lines)
     buffer.flush()
 
 
@@ -178,7 +184,7 @@ def process_file(path: str, mode: Mode, check_syntax: bool = False) -> FileResul
         return FileResult(path, findings=[read])
     text, encoding = read
     result = FileResult(path, lines=_count_lines(text))
-    if mode == "scan" or TARGET not in text:
+    if mode == "scan" or not mentions(text):
         result.findings = scan_text(text, path)
         return result
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import compat.cli.scan as scan_cli
 from compat.cli.scan import main
 from compat.scan import process_files
 
@@ -144,12 +145,32 @@ def test_diff_applies_with_patch(tree: Path, capsys: pytest.CaptureFixture[str])
     assert (tree / "pkg" / "no_newline.py").read_text() == "from compat import LinearQuant"
 
 
-def test_diff_reports_unfixable_on_stderr(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_diff_reports_unfixable_on_stdout(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tree / "pkg" / "sub.py").write_text(SUBCLASS)
     assert main(["--diff", "pkg/sub.py", "-q"]) == 1
     captured = capsys.readouterr()
-    assert captured.out == ""
-    assert [line.split(" ")[1] for line in captured.err.splitlines()] == ["LQC001", "LQC003"]
+    assert captured.err == ""
+    assert [line.split(" ")[1] for line in captured.out.splitlines()] == ["LQC001", "LQC003"]
+
+
+def test_diff_then_findings_on_stdout_summary_on_stderr_and_applies(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tree / "pkg" / "sub.py").write_text(SUBCLASS)
+    assert main(["--diff", "pkg"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.endswith("\n")
+    head, findings = captured.out.split("pkg/sub.py:", 1)
+    assert head.startswith("--- pkg/legacy.py\n") and "+++ pkg/legacy.py\n" in head
+    assert findings.startswith("1:20: LQC001") and "pkg/sub.py:4:12: LQC003" in findings
+    assert captured.err.startswith("compat scan: scanned ")  # only the summary
+    assert len(captured.err.splitlines()) == 1
+    result = subprocess.run(
+        ["git", "apply", "-p0", "-"], input=captured.out, text=True, cwd=tree, capture_output=True
+    )  # the findings after the diff are text git apply skips
+    assert result.returncode == 0, result.stderr
+    assert (tree / "pkg" / "legacy.py").read_text() == FIXED
+    assert (tree / "pkg" / "sub.py").read_text() == SUBCLASS
 
 
 def test_fix_and_diff_together_is_a_usage_error(tree: Path) -> None:
@@ -176,11 +197,11 @@ def test_syntax_error_is_reported_and_others_still_scanned(
 ) -> None:
     broken = "from compat import LinearA8W8Quant\n\ndef f(:\n    pass\n"
     (tree / "pkg" / "broken.py").write_text(broken)
-    assert main(["pkg", "-q"]) == 2
+    assert main(["pkg", "-q"]) == 1  # a syntax error is a finding, as in ruff and flake8
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "pkg/broken.py:3:7: LQC901 syntax error: invalid syntax"
     assert [line.split(" ")[1] for line in out[1:]] == ["LQC001", "LQC002"]
-    assert main(["--format", "json", "pkg/broken.py", "-q"]) == 2
+    assert main(["--format", "json", "pkg/broken.py", "-q"]) == 1
     assert json.loads(capsys.readouterr().out) == [
         {
             "path": "pkg/broken.py",
@@ -199,10 +220,10 @@ def test_every_file_is_checked_for_syntax(tree: Path, capsys: pytest.CaptureFixt
     (tree / "pkg" / "unrelated.py").write_text("def f(:\n")
     # a file that does not mention the class cannot contain a use, but is still checked
     expected = "pkg/unrelated.py:1:7: LQC901 syntax error: invalid syntax\n"
-    assert main(["pkg/unrelated.py", "pkg/clean.py", "-q"]) == 2
+    assert main(["pkg/unrelated.py", "pkg/clean.py", "-q"]) == 1
     assert capsys.readouterr().out == expected
     # --check-syntax is still accepted and changes nothing
-    assert main(["pkg/unrelated.py", "pkg/clean.py", "-q", "--check-syntax"]) == 2
+    assert main(["pkg/unrelated.py", "pkg/clean.py", "-q", "--check-syntax"]) == 1
     assert capsys.readouterr().out == expected
     assert main(["pkg", "-q", "--check-syntax", "--exclude", "unrelated.py"]) == 1
 
@@ -212,6 +233,27 @@ def test_undecodable_file_is_unreadable(tree: Path, capsys: pytest.CaptureFixtur
     assert main(["pkg/latin.py", "-q"]) == 2
     out = capsys.readouterr().out
     assert out.startswith("pkg/latin.py:1:1: LQC902 cannot decode file: ")
+
+
+def test_syntax_error_alone_exits_1_with_fix_and_diff(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tree / "pkg" / "unrelated.py").write_text("def f(:\n")
+    for extra in (["--fix"], ["--diff"], ["--format", "json"]):
+        assert main(["pkg/unrelated.py", "pkg/clean.py", "-q", *extra]) == 1, extra
+    capsys.readouterr()
+    assert main(["pkg/clean.py", "-q"]) == 0
+
+
+def test_internal_error_exits_2(
+    tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(scan_cli, "process_files", broken)
+    assert main(["pkg", "-q"]) == 2
+    assert "internal error: RuntimeError: boom" in capsys.readouterr().err
 
 
 def test_unreadable_exclude_from_is_an_error(tree: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import compat
+from compat import upstream
 from compat.scan import fix_source, scan_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,8 +186,14 @@ def test_uppercase_dtype_string_maps_like_the_adapter() -> None:
         namespace = _exec(fixed, "case")
         assert type(namespace["layer"]) is compat.LinearQuant
         assert namespace["layer"].output_dtype == legacy_output_dtype("X", text), text
-    findings = scan_text('import compat\ncompat.LinearA8W8Quant(2, 2, output_dtype="Int32")\n')
-    assert "int32 was always rejected" in findings[0].message
+    for text in ('"Int32"', '"INT"', "torch.int32", "torch.int"):  # every int32 spelling
+        source = f"import torch, compat\ncompat.LinearA8W8Quant(2, 2, output_dtype={text})\n"
+        fixed, remaining, count = fix_source(source, "case.py")
+        assert fixed == source and count == 0, text
+        assert [f.code for f in remaining] == ["LQC002"], text
+        assert upstream.INT32_REASON in remaining[0].message, text
+        with pytest.raises(ValueError):  # the adapter refuses it too
+            _exec(source, "case")
 
 
 # -- 3: string (forward-reference) annotations -------------------------------------------
