@@ -29,9 +29,6 @@ REPLACEMENT_SUBMODULE: Final = "torch_npu.contrib.module.linear_quant"
 COMPAT_LEGACY_MODULE: Final = "compat.nn.linear_a8w8_quant"
 COMPAT_REPLACEMENT_MODULE: Final = "compat.nn.linear_quant"
 
-#: The import line every deprecation message points to.
-REPLACEMENT_IMPORT: Final = "from compat import LinearQuant"
-
 #: Positional order of the legacy constructor (forms A1-A4 in docs/migration.md) after
 #: ``(in_features, out_features)``.
 LEGACY_POSITIONAL: Final = ("bias", "offset", "device", "dtype", "output_dtype")

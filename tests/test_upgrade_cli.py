@@ -22,8 +22,9 @@ import torch
 from conftest import ROOT
 
 import compat
-from compat.checkpoint import _atomic, _rules, converter
+from compat.checkpoint import _atomic, converter
 from compat.cli import main as cli
+from compat.formats import rules as _rules
 
 DATA = Path(__file__).resolve().parent / "data"
 

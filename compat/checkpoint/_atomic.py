@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import IO
 
-from compat.checkpoint.errors import CheckpointError
+from compat.formats.errors import CheckpointError
 
 TMP_TAG = ".compat-tmp-"
 

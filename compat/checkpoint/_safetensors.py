@@ -25,8 +25,8 @@ from typing import IO, Any
 
 import torch
 
-from compat.checkpoint._rules import CHUNK_ELEMENTS, Spec
-from compat.checkpoint.errors import CheckpointError
+from compat.formats.errors import CheckpointError
+from compat.formats.rules import CHUNK_ELEMENTS, Spec
 
 HEADER_LIMIT = 100 * 2**20  # the package's own limit
 COPY_CHUNK = 8 * 2**20

@@ -19,9 +19,9 @@ from torch import nn
 from compat.checkpoint import _pickle
 from compat.checkpoint._pages import PageReleaser
 from compat.checkpoint._progress import Progress
-from compat.checkpoint._rules import CHUNK_ELEMENTS, DECODE, RESTORE, Context, DictAccess
-from compat.checkpoint.errors import CheckpointError
 from compat.checkpoint.upgrade import UpgradeReport, apply_report, plan_state_dict
+from compat.formats.errors import CheckpointError
+from compat.formats.rules import CHUNK_ELEMENTS, DECODE, RESTORE, Context, DictAccess
 
 Location = tuple[str, ...]  # where a state_dict sits in the loaded object: () or (key,)
 
@@ -112,7 +112,7 @@ def _native_order(path: Path) -> bool:
 
 def _modules_to_state(path: Path, obj: Any, is_zip: bool) -> Loaded:
     """Replace unpickled modules (top level or one level down) by their state_dicts."""
-    from compat.checkpoint._hook import module_context
+    from compat.formats.loading import module_context
     from compat.nn.linear_quant import LinearQuant
 
     contexts: dict[Location, dict[str, Context]] = {}

@@ -38,7 +38,11 @@ import torch
 
 from compat.checkpoint import _atomic, _safetensors, _torchfile
 from compat.checkpoint._progress import Progress
-from compat.checkpoint._rules import (
+from compat.checkpoint._safetensors import SafetensorsFile
+from compat.checkpoint._torchfile import Location
+from compat.checkpoint.upgrade import UpgradeReport, plan_state_dict
+from compat.formats.errors import CheckpointError
+from compat.formats.rules import (
     RESTORE,
     DictAccess,
     NotInt8Error,
@@ -46,10 +50,6 @@ from compat.checkpoint._rules import (
     restored_chunks,
     transform_chunk,
 )
-from compat.checkpoint._safetensors import SafetensorsFile
-from compat.checkpoint._torchfile import Location
-from compat.checkpoint.errors import CheckpointError
-from compat.checkpoint.upgrade import UpgradeReport, plan_state_dict
 
 PROGRESS_MIN_BYTES = 256 * 2**20
 
@@ -798,7 +798,7 @@ def _write_shard(
 
 def _only(report: UpgradeReport, keys: set[str]) -> UpgradeReport:
     """The part of a report about ``keys`` (one shard's tensors)."""
-    from compat.checkpoint._rules import GroupPlan
+    from compat.formats.rules import GroupPlan
 
     groups = []
     for g in report.groups:

@@ -11,8 +11,8 @@ import torch
 from compat.checkpoint import _torchfile
 from compat.checkpoint._safetensors import SafetensorsFile
 from compat.checkpoint.converter import UsageError, _open_shards, _read_index, resolve_source
-from compat.checkpoint.errors import CheckpointError
 from compat.checkpoint.upgrade import OutputDtypes, upgrade_state_dict
+from compat.formats.errors import CheckpointError
 
 
 def load_legacy(

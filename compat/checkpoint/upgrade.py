@@ -19,21 +19,22 @@ from typing import Any
 
 import torch
 
-from compat.checkpoint._rules import (
+from compat.formats.errors import CheckpointError
+from compat.formats.loading import FORMAT_VERSION
+from compat.formats.rules import (
     FLOAT_WEIGHT_DTYPES,
     NAMES,
-    OUTPUT_DTYPES,
     Access,
     Context,
     DictAccess,
     GroupPlan,
     KeyChange,
-    _destroyed_index,
     apply,
+    destroyed_index,
     plan_group,
 )
-from compat.checkpoint.errors import CheckpointError
-from compat.ops._checks import allowed, dtype_name
+from compat.ops.checks import dtype_name
+from compat.ops.output_dtype import parse_output_dtype
 
 OutputDtypes = Mapping[str, "torch.dtype | None"] | torch.dtype | None
 
@@ -92,14 +93,12 @@ class UpgradeReport:
 
 # --------------------------------------------------------------------------- arguments
 def _check_output_dtype(where: str, value: object) -> torch.dtype:
-    if value is None:
-        return torch.int8  # a module's output_dtype=None means int8
-    if not isinstance(value, torch.dtype) or value not in OUTPUT_DTYPES:
-        raise ValueError(
-            f"upgrade_state_dict: {where} is {value!r}; allowed: {allowed(OUTPUT_DTYPES)}, None (= "
-            "torch.int8)"
-        )
-    return value
+    # a module's output_dtype=None means int8; any other non-dtype is a ValueError here
+    dtype = parse_output_dtype(
+        value, func="upgrade_state_dict", param=where, none=torch.int8, wrong_type=ValueError
+    )
+    assert dtype is not None
+    return dtype
 
 
 def normalize_output_dtypes(
@@ -131,7 +130,7 @@ def _split(key: str) -> tuple[str, str]:
     return head + dot, name
 
 
-def candidate_groups(keys: Iterable[str], spec_of: Access) -> tuple[dict[str, dict[str, str]], int]:
+def candidate_groups(keys: Iterable[str]) -> tuple[dict[str, dict[str, str]], int]:
     """Leaf groups holding a ``weight`` and a ``scale`` and nothing but NAMES.
 
     Returns ``({prefix: {name: key}}, number of keys outside every candidate)``.
@@ -178,7 +177,7 @@ def _evidence(names: Mapping[str, str], access: Access) -> bool:
     if "bias" in names and access.spec(names["bias"]).dtype == torch.int32:
         return True
     if scale.dtype.is_floating_point and not access.is_meta(names["scale"]):
-        return _destroyed_index(access.tensor(names["scale"])) is not None
+        return destroyed_index(access.tensor(names["scale"])) is not None
     return False
 
 
@@ -198,7 +197,7 @@ def plan_state_dict(
     default, per = normalize_output_dtypes(output_dtypes)
     known = dict(modules or {})
     key_list = [k for k in keys if isinstance(k, str)]
-    groups, other = candidate_groups(key_list, access)
+    groups, other = candidate_groups(key_list)
     names_found = {p.rstrip("."): p for p in groups}
     unknown = sorted(set(per) - set(names_found))
     if unknown:
@@ -287,8 +286,6 @@ def apply_report(
     metadata = getattr(state_dict, "_metadata", None)
     if isinstance(metadata, Mapping):
         new_meta = copy.deepcopy(dict(metadata))
-        from compat.checkpoint._hook import FORMAT_VERSION
-
         for g in report.groups:
             entry = new_meta.setdefault(g.module, {})
             if isinstance(entry, dict):

@@ -25,17 +25,6 @@ exit codes: 0 converted or already current (dry run: convertible), 1 conversion 
 (message on stderr, or in the --json report), 2 usage error.
 """
 
-_DTYPES = {
-    "int8": "int8",
-    "none": "int8",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "int32": "int32",
-}
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -78,19 +67,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _output_dtypes(values: list[str]) -> Any:
+    # imported here, not at the top: `upgrade --help` must not import torch
     import torch
+
+    from compat.ops.output_dtype import parse_output_dtype
 
     default = None
     per: dict[str, torch.dtype] = {}
     for value in values:
         module, _, name = value.rpartition("=")
-        key = _DTYPES.get(name.strip().lower())
-        if key is None:
+        # "none" is int8, as a module's output_dtype=None
+        text = "int8" if name.strip().lower() == "none" else name.strip()
+        try:
+            dtype = parse_output_dtype(text, func="upgrade", strings=True)
+        except ValueError as err:
+            allowed = str(err).partition("; allowed: ")[2]
             raise ValueError(
-                f"--output-dtype {value!r}: unknown dtype {name!r}; allowed: int8, float16, "
-                "bfloat16, int32"
-            )
-        dtype = getattr(torch, key)
+                f"--output-dtype {value!r}: unknown dtype {name!r}; allowed: {allowed}"
+            ) from None
         if "=" in value:
             per[module] = dtype
         elif default is not None:
@@ -128,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     ensure_torch()
     from compat.checkpoint.converter import Request, UsageError, convert
-    from compat.checkpoint.errors import CheckpointError
+    from compat.formats.errors import CheckpointError
 
     try:
         output_dtypes = _output_dtypes(args.output_dtype)

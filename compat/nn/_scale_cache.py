@@ -31,6 +31,8 @@ from collections.abc import Callable, Hashable
 
 import torch
 
+from compat.ops.checks import compiling
+
 ATTRIBUTE = "_compat_scale_cache"
 
 _Key = tuple[int, int, torch.Size, tuple[int, ...]]
@@ -77,9 +79,6 @@ def _unchanged(t: torch.Tensor, key: _Key) -> bool:
     )
 
 
-_is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-
-
 def lookup(
     owner: torch.nn.Module,
     scale: torch.Tensor,
@@ -93,7 +92,7 @@ def lookup(
     reused. A hit therefore answers both "encode?" and "to what?" in one check, which
     keeps a cached forward as cheap as one with a pre-encoded int64 scale.
     """
-    if _is_compiling is not None and _is_compiling():
+    if compiling():
         return None  # the graph encodes while tracing; the cache is not even read
     entry = owner.__dict__.get(ATTRIBUTE)
     if entry is None:
@@ -126,7 +125,7 @@ def encode_and_cache(
     """``encode(scale, offset)``, cached on ``owner`` under ``rule`` for :func:`lookup`
     (call it after a miss of :func:`lookup`)."""
     value = encode(scale, offset)
-    if _is_compiling is not None and _is_compiling():  # the graph encodes, nothing cached
+    if compiling():  # the graph encodes, nothing cached
         return value
     try:
         owner.__dict__[ATTRIBUTE] = _Entry(scale, offset, rule, value)

@@ -28,39 +28,31 @@ import torch
 from torch import nn
 from typing_extensions import deprecated
 
-from compat import _deprecation
+from compat import _deprecation, upstream
 from compat.nn.linear_quant import LinearQuant
+from compat.ops.output_dtype import parse_output_dtype
+from compat.ops.schemes import A8W8, SCHEMES, dtypes_for
 
 __all__ = ["LinearA8W8Quant", "replacement_call", "replacement_kwargs"]
 
-_NAME: Final = "LinearA8W8Quant"
+_NAME: Final = upstream.LEGACY_CLASS
 
 # The positional order of variants A1-A4 after (in_features, out_features).
-_POSITIONAL: Final = ("bias", "offset", "device", "dtype", "output_dtype")
+_POSITIONAL: Final = upstream.LEGACY_POSITIONAL
 _ORDINALS: Final = ("3rd", "4th", "5th", "6th", "7th")
 
-# Strings older op versions took for output_dtype (compared case-insensitively).
-_OUTPUT_ALIASES: Final[dict[str, torch.dtype]] = {
-    "int8": torch.int8,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-_OUTPUT_DTYPES: Final = (torch.int8, torch.float16, torch.bfloat16)
-_ALLOWED_OUTPUT: Final = (
-    "torch.int8 (also None, 'int8'), torch.float16 ('float16', 'fp16', 'half'), "
-    "torch.bfloat16 ('bfloat16', 'bf16')"
-)
+# Output dtypes of the legacy class (docs/migration.md), from the upstream facts.
+_OUTPUT_DTYPES: Final = tuple(getattr(torch, n) for n in upstream.LEGACY_OUTPUT_DTYPES)
+_DEFAULT_OUTPUT: Final = getattr(torch, upstream.LEGACY_DEFAULT_OUTPUT_DTYPE)
 
-# Forward-time validation of variant A8 (spec §3.3).
-_SCALE_DTYPES: Final = frozenset({torch.int64, torch.float32, torch.bfloat16})
-_BIAS_DTYPES: Final = frozenset({torch.int32, torch.bfloat16, torch.float16, torch.float32})
+# Forward-time validation of variant A8 (docs/migration.md), from the A8W8 dtype rows.
+_SCALE_DTYPES: Final = frozenset(dtypes_for("scale", (A8W8,)))
+_BIAS_DTYPES: Final = frozenset(dtypes_for("bias", (A8W8,)))
+_OFFSET_DTYPES: Final = frozenset(dtypes_for("offset", (A8W8,)))
 _OUTPUT_SET: Final = frozenset(_OUTPUT_DTYPES)
 _FORWARD_OUTPUT: Final = frozenset({None, *_OUTPUT_DTYPES})  # A8 allows None (= int8)
 _F32: Final = torch.float32
-_INPUT_PAIRS: Final = frozenset({(torch.int8, torch.int8), (torch.int32, torch.int32)})
+_INPUT_PAIRS: Final = frozenset((s.storage_dtype, s.storage_dtype) for s in SCHEMES)
 
 _UNSET: Any = object()
 
@@ -76,36 +68,25 @@ def legacy_output_dtype(cls_name: str, value: object) -> torch.dtype:
     ``None`` meant int8 in every version of the op; int32 was never available through
     LinearA8W8Quant in a release (ValueError pointing to LinearQuant).
     """
-    if value is None:
-        return torch.int8
-    if isinstance(value, str):
-        dtype = _OUTPUT_ALIASES.get(value.lower())
-        if dtype is None:
-            if value.lower() == "int32":
-                raise _int32_error(cls_name, value)
-            raise ValueError(
-                f"{cls_name}: argument 'output_dtype' is the string {value!r}; allowed: "
-                f"{_ALLOWED_OUTPUT}"
-            )
-        return dtype
-    if not isinstance(value, torch.dtype):
-        raise TypeError(
-            f"{cls_name}: argument 'output_dtype' must be a torch.dtype, a string or None, got "
-            f"{type(value).__name__} {value!r}; allowed: {_ALLOWED_OUTPUT}"
-        )
-    if value == torch.int32:
-        raise _int32_error(cls_name, value)
-    if value not in _OUTPUT_DTYPES:
-        raise ValueError(
-            f"{cls_name}: argument 'output_dtype' is {value}; allowed: {_ALLOWED_OUTPUT}"
-        )
-    return value
+    dtype = parse_output_dtype(
+        value,
+        func=cls_name,
+        allowed=_OUTPUT_DTYPES,
+        none=_DEFAULT_OUTPUT,
+        strings=True,
+        refuse=lambda got, dtype: _int32_refusal(cls_name, got, dtype),
+    )
+    assert dtype is not None  # None maps to the default
+    return dtype
 
 
-def _int32_error(cls_name: str, value: object) -> ValueError:
+def _int32_refusal(cls_name: str, value: object, dtype: torch.dtype | None) -> ValueError | None:
+    """The error for an int32 output (dtype or string spelling), else None."""
+    spelled = value.lower() if isinstance(value, str) else None
+    if dtype != torch.int32 and spelled not in upstream.INT32_SPELLINGS:
+        return None
     return ValueError(
-        f"{cls_name}: argument 'output_dtype' is {value!r}, but LinearA8W8Quant never "
-        f"supported int32 output (every released version rejected it); use "
+        f"{cls_name}: argument 'output_dtype' is {value!r}, but {upstream.INT32_REASON}; use "
         f"LinearQuant(..., output_dtype=torch.int32) for int32 output "
         f"({_deprecation.REPLACEMENT_IMPORT})"
     )
@@ -286,7 +267,6 @@ class LinearA8W8Quant(LinearQuant):
             device=given["device"],
             output_dtype=out,
         )
-        self.output_dtype = out  # pinned: a change of LinearQuant's default cannot leak in
         call = replacement_call(self)
         # Set only now: when the warning is an error, pytest reports the user's line as the
         # crash location, while errors about the arguments above keep this frame.
@@ -305,7 +285,7 @@ class LinearA8W8Quant(LinearQuant):
         # so that is the one check made up front. When LinearQuant's forward raises,
         # A8's checks run in A8's order and, if one fails, give A8's error instead.
         if self.output_dtype not in _FORWARD_OUTPUT:
-            raise self._a8_error(x) or AssertionError("unreachable: output_dtype is invalid")
+            raise self._output_dtype_error()
         try:
             return LinearQuant.forward(self, x)
         except (TypeError, ValueError, AttributeError) as err:
@@ -327,7 +307,7 @@ class LinearA8W8Quant(LinearQuant):
             )
         checks: tuple[tuple[str, object, frozenset[torch.dtype]], ...] = (
             ("scale", self.scale, _SCALE_DTYPES),
-            ("offset", self.offset, frozenset({_F32})),
+            ("offset", self.offset, _OFFSET_DTYPES),
             ("bias", self.bias, _BIAS_DTYPES),
             ("pertoken_scale", self.pertoken_scale, frozenset({_F32})),
         )
@@ -342,12 +322,15 @@ class LinearA8W8Quant(LinearQuant):
                     f"{_dtype_list(allowed)}"
                 )
         if self.output_dtype not in _FORWARD_OUTPUT:
-            hint = " (use LinearQuant for int32 output)" if self.output_dtype == torch.int32 else ""
-            return ValueError(
-                f"{name}: output_dtype is {self.output_dtype!r}; allowed: "
-                f"{_dtype_list(_OUTPUT_SET)}, None{hint}"
-            )
+            return self._output_dtype_error()
         return None
+
+    def _output_dtype_error(self) -> ValueError:
+        hint = " (use LinearQuant for int32 output)" if self.output_dtype == torch.int32 else ""
+        return ValueError(
+            f"{type(self).__name__}: output_dtype is {self.output_dtype!r}; allowed: "
+            f"{_dtype_list(_OUTPUT_SET)}, None{hint}"
+        )
 
 
 def _construction_message(cls_name: str, call: str, positional: list[tuple[str, Any, str]]) -> str:
@@ -355,10 +338,8 @@ def _construction_message(cls_name: str, call: str, positional: list[tuple[str, 
         head = f"{_NAME} is deprecated"
     else:
         head = f"{cls_name} subclasses {_NAME}, which is deprecated (make LinearQuant its base)"
-    text = (
-        f"{head}; use LinearQuant instead ({_deprecation.REPLACEMENT_IMPORT}). "
-        f"Equivalent call: {call}."
-    )
+    replacement = _deprecation.REPLACEMENT_IMPORT
+    text = f"{head}; use LinearQuant instead ({replacement}). Equivalent call: {call}."
     if positional:
         listed = ", ".join(f"{n}={v!r} ({o})" for n, v, o in positional)
         text += f" Legacy positional arguments: {listed}; LinearQuant takes them by keyword only."

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from compat.checkpoint._hook import FORMAT_VERSION, load_linear_quant_state
+from compat.formats.loading import FORMAT_VERSION, load_linear_quant_state
 from compat.nn import _scale_cache
 from compat.nn._upstream import upstream_class
 from compat.ops.encoding import trans_quant_param
 from compat.ops.quant_matmul import check_output_dtype, quant_matmul
 from compat.ops.reference import folds_float_scale
+from compat.ops.schemes import pairs_text
 
 if TYPE_CHECKING:
     _Base = nn.Module
@@ -167,8 +168,7 @@ class LinearQuant(_Base):
         if (x.dtype, self.weight.dtype) not in _INPUT_PAIRS:
             raise ValueError(
                 f"{type(self).__name__}: input has dtype {x.dtype} and weight has dtype "
-                f"{self.weight.dtype}; they must both be torch.int8 (A8W8) or both torch.int32 "
-                f"(A4W4)"
+                f"{self.weight.dtype}; they must be {pairs_text()}"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

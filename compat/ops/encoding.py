@@ -10,7 +10,13 @@ from __future__ import annotations
 import torch
 
 from compat.ops import backend
-from compat.ops._checks import eager_values, require_dtype, require_tensor, shape_str
+from compat.ops.checks import (
+    eager_values,
+    require_dtype,
+    require_no_nan,
+    require_tensor,
+    shape_str,
+)
 
 _FP19_MASK = 0xFFFFE000  # sign, exponent and the top 10 mantissa bits of a float32
 _FLAG = 1 << 46
@@ -149,8 +155,7 @@ def trans_quant_param(
                 )
         if offset.numel() == 0:
             raise ValueError(f"{func}: argument 'offset' is empty (shape {shape_str(offset)})")
-        if eager_values(offset) and bool(torch.isnan(offset).any()):
-            raise ValueError(f"{func}: argument 'offset' contains NaN; the offset must be a number")
+        require_no_nan(func, "offset", offset, "the offset must be a number")
     if backend.is_npu(scale) and backend.npu_status().available:
         return _npu_trans_quant_param(scale, offset, round_mode)
     if offset is not None:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 
 import torch
 
-from compat.ops._checks import compiling
+from compat.ops.checks import compiling
 
 FLOAT32_EXACT_CHUNK = 1024  # 128 * 128 * 1024 == 2**24, the float32 exact-integer limit
 CPU_KERNELS = ("auto", "float", "int_mm")

@@ -1,8 +1,9 @@
-"""``compat.quant_matmul``: the contract of ``torch_npu.npu_quant_matmul`` (spec §2).
+"""``compat.quant_matmul``: the contract of ``torch_npu.npu_quant_matmul`` (docs/ops.md).
 
-Arguments are validated against the Atlas A2/A3 dtype table (spec §2.5) and the shape
-rules (spec §2.6) before anything runs, on every backend, so that code tested here fails
-the same way it would on an NPU. Nothing is cast silently.
+Arguments are validated against the Atlas A2/A3 dtype table (docs/ops.md, "Dtype
+table"; :mod:`compat.ops.schemes` holds it) and the shape rules (docs/ops.md, "Shapes")
+before anything runs, on every backend, so that code tested here fails the same way it
+would on an NPU. Nothing is cast silently.
 """
 
 from __future__ import annotations
@@ -12,52 +13,23 @@ from dataclasses import dataclass
 import torch
 
 from compat.ops import backend
-from compat.ops._checks import allowed, eager_values, require_tensor, shape_str
+from compat.ops.checks import allowed, require_no_nan, require_tensor, shape_str
+from compat.ops.output_dtype import parse_output_dtype
 from compat.ops.reference import reference_quant_matmul
+from compat.ops.schemes import SCHEMES, Scheme, scheme_of
 
 _FUNC = "quant_matmul"
-OUTPUT_DTYPES = (torch.int8, torch.float16, torch.bfloat16, torch.int32)
 MAX_LAST_DIM = 65535
 _MIN_RANK, _MAX_RANK = 2, 6
 
-_I8, _I32, _I64 = torch.int8, torch.int32, torch.int64
-_F16, _BF16, _F32 = torch.float16, torch.bfloat16, torch.float32
-
-# (A4W4?, output dtype, pertoken given?) -> allowed dtypes (None = may be omitted) of
-# scale, offset, bias, pertoken_scale. Atlas A2/A3 table of spec §2.5, tightened by the
-# torch_npu meta checks. A missing key is an illegal combination.
-_Row = dict[str, tuple[torch.dtype | None, ...]]
-_TABLE: dict[tuple[bool, torch.dtype, bool], _Row] = {
-    (False, _I8, False): {"scale": (_I64, _F32), "offset": (_F32, None), "bias": (_I32, None)},
-    (False, _F16, False): {"scale": (_I64, _F32), "offset": (None,), "bias": (_I32, None)},
-    (False, _F16, True): {"scale": (_F32,), "offset": (None,), "bias": (_I32, _F16, _F32, None)},
-    (False, _BF16, False): {
-        "scale": (_F32, _BF16),
-        "offset": (None,),
-        "bias": (_I32, _BF16, _F32, None),
-    },
-    (False, _BF16, True): {
-        "scale": (_F32, _BF16),
-        "offset": (None,),
-        "bias": (_I32, _BF16, _F32, None),
-    },
-    (False, _I32, False): {"scale": (_F32, _BF16), "offset": (None,), "bias": (_I32, None)},
-    (True, _F16, False): {"scale": (_I64, _F32), "offset": (None,), "bias": (_I32, None)},
-    (True, _F16, True): {"scale": (_F32,), "offset": (None,), "bias": (_I32, _F16, _F32, None)},
-    (True, _BF16, True): {"scale": (_F32,), "offset": (None,), "bias": (_I32, _BF16, _F32, None)},
-}
+_F32 = torch.float32
 
 
 @dataclass(frozen=True)
 class _Plan:
     output_dtype: torch.dtype
-    a4w4: bool
+    scheme: Scheme
     x2_transposed: bool
-    out_shape: tuple[int, ...]
-
-
-def _kind(a4w4: bool) -> str:
-    return "A4W4 (x1/x2 int32)" if a4w4 else "A8W8 (x1/x2 int8)"
 
 
 def check_output_dtype(func: str, output_dtype: object) -> torch.dtype | None:
@@ -67,18 +39,7 @@ def check_output_dtype(func: str, output_dtype: object) -> torch.dtype | None:
     """
     if output_dtype is None:
         return None
-    if not isinstance(output_dtype, torch.dtype):
-        raise TypeError(
-            f"{func}: argument 'output_dtype' must be a torch.dtype or None, got "
-            f"{type(output_dtype).__name__} {output_dtype!r}; allowed: "
-            f"{allowed(OUTPUT_DTYPES)}, None"
-        )
-    if output_dtype not in OUTPUT_DTYPES:
-        raise ValueError(
-            f"{func}: argument 'output_dtype' is {output_dtype}; allowed: "
-            f"{allowed(OUTPUT_DTYPES)}, None (= torch.int8)"
-        )
-    return output_dtype
+    return parse_output_dtype(output_dtype, func=func, none=torch.int8)
 
 
 def _check_dtypes(
@@ -86,33 +47,35 @@ def _check_dtypes(
     x2: torch.Tensor,
     tensors: dict[str, torch.Tensor | None],
     out: torch.dtype,
-) -> bool:
-    if x1.dtype not in (_I8, _I32):
-        raise TypeError(
-            f"{_FUNC}: argument 'x1' has dtype {x1.dtype}; allowed: torch.int8 (A8W8), "
-            f"torch.int32 (A4W4, 8 packed int4 per element)"
+) -> Scheme:
+    scheme = scheme_of(x1.dtype)
+    if scheme is None:
+        kinds = ", ".join(
+            f"{s.storage_dtype} ({s.name}"
+            + (f", {s.pack} packed values per element)" if s.pack > 1 else ")")
+            for s in SCHEMES
         )
+        raise TypeError(f"{_FUNC}: argument 'x1' has dtype {x1.dtype}; allowed: {kinds}")
     if x2.dtype != x1.dtype:
         raise TypeError(
             f"{_FUNC}: argument 'x2' has dtype {x2.dtype}; it must match x1 ({x1.dtype})"
         )
-    a4w4 = x1.dtype == _I32
     pertoken = tensors["pertoken_scale"]
     if pertoken is not None and pertoken.dtype != _F32:
         raise TypeError(
             f"{_FUNC}: argument 'pertoken_scale' has dtype {pertoken.dtype}; allowed: torch.float32"
         )
-    row = _TABLE.get((a4w4, out, pertoken is not None))
+    row = scheme.row(out, pertoken is not None)
     if row is None:
-        if (a4w4, out, pertoken is None) in _TABLE:
+        if scheme.row(out, pertoken is None) is not None:
             need = "requires" if pertoken is None else "does not allow"
             raise ValueError(
-                f"{_FUNC}: output_dtype={out} with {_kind(a4w4)} {need} 'pertoken_scale' "
+                f"{_FUNC}: output_dtype={out} with {scheme.label} {need} 'pertoken_scale' "
                 f"(got {'None' if pertoken is None else 'a tensor'})"
             )
-        legal = sorted({str(o) for (a, o, _p) in _TABLE if a == a4w4})
+        legal = sorted(str(o) for o in scheme.output_dtypes)
         raise ValueError(
-            f"{_FUNC}: argument 'output_dtype' is {out}, which {_kind(a4w4)} does not "
+            f"{_FUNC}: argument 'output_dtype' is {out}, which {scheme.label} does not "
             f"support; allowed: {', '.join(legal)}"
         )
     for name in ("scale", "offset", "bias"):
@@ -121,7 +84,7 @@ def _check_dtypes(
         got = None if tensor is None else tensor.dtype
         if got in ok:
             continue
-        context = f"for {_kind(a4w4)} with output_dtype={out}" + (
+        context = f"for {scheme.label} with output_dtype={out}" + (
             " and pertoken_scale" if pertoken is not None else ""
         )
         if ok == (None,):
@@ -134,7 +97,7 @@ def _check_dtypes(
         raise TypeError(
             f"{_FUNC}: argument {name!r} has dtype {got}; allowed {context}: {allowed(ok)}"
         )
-    return a4w4
+    return scheme
 
 
 def _is_transposed_2d(x: torch.Tensor) -> bool:
@@ -156,8 +119,8 @@ def _check_shapes(
     x1: torch.Tensor,
     x2: torch.Tensor,
     tensors: dict[str, torch.Tensor | None],
-    a4w4: bool,
-) -> tuple[bool, tuple[int, ...]]:
+    scheme: Scheme,
+) -> bool:
     for name, t in (("x1", x1), ("x2", x2)):
         if not _MIN_RANK <= t.dim() <= _MAX_RANK:
             raise ValueError(
@@ -171,20 +134,21 @@ def _check_shapes(
             )
     transposed = _is_transposed_2d(x2)
     m = x1.shape[-2]
-    if a4w4:
+    unit = scheme.pack
+    if unit > 1:
         if x2.dim() != 2:
             raise ValueError(
-                f"{_FUNC}: argument 'x2' has shape {shape_str(x2)}; A4W4 needs a 2-D x2"
+                f"{_FUNC}: argument 'x2' has shape {shape_str(x2)}; {scheme.name} needs a 2-D x2"
             )
         k_packed = x1.shape[-1]
         if transposed:
             inner, n = x2.shape[0], x2.shape[1]
-            want = f"x2.shape[0] == x1.shape[-1] ({k_packed}) for a transposed x2 (k/8, n)"
+            want = f"x2.shape[0] == x1.shape[-1] ({k_packed}) for a transposed x2 (k/{unit}, n)"
             ok = inner == k_packed
         else:
-            inner, n = x2.shape[0], x2.shape[1] * 8
-            want = f"x2.shape[0] == 8 * x1.shape[-1] ({8 * k_packed}) for x2 (k, n/8)"
-            ok = inner == 8 * k_packed
+            inner, n = x2.shape[0], x2.shape[1] * unit
+            want = f"x2.shape[0] == {unit} * x1.shape[-1] ({unit * k_packed}) for x2 (k, n/{unit})"
+            ok = inner == unit * k_packed
         if not ok:
             raise ValueError(
                 f"{_FUNC}: inner dims do not match: x1 {shape_str(x1)}, x2 {shape_str(x2)}; "
@@ -200,15 +164,17 @@ def _check_shapes(
     # The limit applies to the last dim of each operand's storage (a transposed view is
     # swapped back first), and for A4W4 to the int4 sizes, i.e. 8x the packed int32 dim
     # (ops-nn aclnn_quant_matmul_v4.cpp: MaxDimCheck runs after ConvertTensorToInt4).
-    unit = 8 if a4w4 else 1
     for name, t, t_transposed in (("x1", x1, _is_transposed_2d(x1)), ("x2", x2, transposed)):
         size = unit * (t.shape[-2] if t_transposed else t.shape[-1])
         if size > MAX_LAST_DIM:
             notes = []
             if t_transposed:
                 notes.append(f"{name} is a transposed view, so its storage's last dim counts")
-            if a4w4:
-                notes.append("A4W4 counts int4 elements, 8 per int32")
+            if unit > 1:
+                notes.append(
+                    f"{scheme.name} counts its packed values, {unit} per "
+                    f"{str(x1.dtype).removeprefix('torch.')}"
+                )
             raise ValueError(
                 f"{_FUNC}: the last dim of {name!r} as the NPU sees it is {size}; allowed: at "
                 f"most {MAX_LAST_DIM}" + (f" ({'; '.join(notes)})" if notes else "")
@@ -238,7 +204,7 @@ def _check_shapes(
     if bias is not None:
         ok_1d = bias.dim() == 1 and bias.shape[0] == n
         ok_3d = (
-            not a4w4
+            unit == 1
             and len(out_shape) == 3
             and bias.dim() == 3
             and tuple(bias.shape) == (out_shape[0], 1, n)
@@ -246,14 +212,14 @@ def _check_shapes(
         if not (ok_1d or ok_3d):
             extra = (
                 f" or (batch, 1, n) = ({out_shape[0]}, 1, {n})"
-                if len(out_shape) == 3 and not a4w4
+                if len(out_shape) == 3 and unit == 1
                 else ""
             )
             raise ValueError(
                 f"{_FUNC}: argument 'bias' has shape {shape_str(bias)}; allowed: (n,) = ({n},)"
                 f"{extra}"
             )
-    return transposed, out_shape
+    return transposed
 
 
 def _check_devices(x1: torch.Tensor, others: dict[str, torch.Tensor | None]) -> None:
@@ -287,16 +253,12 @@ def plan(
     out = torch.int8 if checked is None else checked
     tensors: dict[str, torch.Tensor | None] = {"scale": scale, **optional}
     _check_devices(x1, {"x2": x2, **tensors})
-    a4w4 = _check_dtypes(x1, x2, tensors, out)
-    transposed, out_shape = _check_shapes(x1, x2, tensors, a4w4)
-    if (
-        offset is not None
-        and scale.dtype == _F32
-        and eager_values(offset)
-        and bool(torch.isnan(offset).any())
-    ):  # the offset is folded into the quant param: NaN has no 9-bit value
-        raise ValueError(f"{_FUNC}: argument 'offset' contains NaN; the offset must be a number")
-    return _Plan(out, a4w4, transposed, out_shape)
+    scheme = _check_dtypes(x1, x2, tensors, out)
+    transposed = _check_shapes(x1, x2, tensors, scheme)
+    if offset is not None and scale.dtype == _F32:
+        # the offset is folded into the quant param: NaN has no 9-bit value
+        require_no_nan(_FUNC, "offset", offset, "the offset must be a number")
+    return _Plan(out, scheme, transposed)
 
 
 def quant_matmul(
@@ -336,12 +298,9 @@ def quant_matmul(
         pertoken_scale=pertoken_scale,
         bias=bias,
         output_dtype=p.output_dtype,
-        a4w4=p.a4w4,
+        scheme=p.scheme,
         x2_transposed=p.x2_transposed,
     )
-
-
-_DTYPE_STRINGS = {_I8: "int8", _F16: "float16", _BF16: "bfloat16", _I32: "int32"}
 
 
 def _npu_quant_matmul(
@@ -362,7 +321,7 @@ def _npu_quant_matmul(
             raise NotImplementedError(
                 f"{_FUNC}: pertoken_scale needs torch_npu 2.1 or newer; installed: {status.version}"
             )
-        dtype_str = None if output_dtype is None else _DTYPE_STRINGS[output_dtype]
+        dtype_str = None if output_dtype is None else str(output_dtype).removeprefix("torch.")
         legacy: torch.Tensor = npu.npu_quant_matmul(x1, x2, scale, offset, bias, dtype_str)
         return legacy
     result: torch.Tensor = npu.npu_quant_matmul(

@@ -15,29 +15,20 @@ import torch
 
 from compat.ops.encoding import decode, encode
 from compat.ops.intmm import int_matmul
-
-_INT4_SHIFTS = (0, 4, 8, 12, 16, 20, 24, 28)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """int32 tensor of 8 packed int4 values each (LSB first) -> int8 tensor, last dim x8."""
-    shifts = torch.tensor(_INT4_SHIFTS, dtype=torch.int32, device=packed.device)
-    nibbles = (packed.unsqueeze(-1) >> shifts) & 0xF
-    signed = torch.where(nibbles >= 8, nibbles - 16, nibbles).to(torch.int8)
-    return signed.reshape(*packed.shape[:-1], packed.shape[-1] * 8)
+from compat.ops.schemes import A8W8, Scheme
 
 
 def accumulate(
-    x1: torch.Tensor, x2: torch.Tensor, *, a4w4: bool, x2_transposed: bool
+    x1: torch.Tensor, x2: torch.Tensor, *, scheme: Scheme, x2_transposed: bool
 ) -> torch.Tensor:
-    """The exact int32 accumulator ``x1 @ x2`` (A4W4 operands unpacked first)."""
-    if a4w4:
-        x1 = unpack_int4(x1)
-        # a transposed x2 packs along k (its storage is (n, k/8)); otherwise along n.
+    """The exact int32 accumulator ``x1 @ x2`` (packed operands unpacked first)."""
+    if scheme.pack > 1:
+        x1 = scheme.unpack(x1)
+        # a transposed x2 packs along k (its storage is (n, k/pack)); otherwise along n.
         x2 = (
-            unpack_int4(x2.transpose(-2, -1)).transpose(-2, -1)
+            scheme.unpack(x2.transpose(-2, -1)).transpose(-2, -1)
             if x2_transposed
-            else unpack_int4(x2)
+            else scheme.unpack(x2)
         )
     return int_matmul(x1, x2)
 
@@ -110,11 +101,11 @@ def reference_quant_matmul(
     pertoken_scale: torch.Tensor | None,
     bias: torch.Tensor | None,
     output_dtype: torch.dtype,
-    a4w4: bool = False,
+    scheme: Scheme = A8W8,
     x2_transposed: bool = False,
 ) -> torch.Tensor:
     """Compute ``npu_quant_matmul`` exactly as spec §6 describes."""
-    acc = accumulate(x1, x2, a4w4=a4w4, x2_transposed=x2_transposed)  # a fresh tensor
+    acc = accumulate(x1, x2, scheme=scheme, x2_transposed=x2_transposed)  # a fresh tensor
     int_bias = bias is not None and bias.dtype == torch.int32
     if int_bias:
         assert bias is not None

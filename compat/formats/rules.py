@@ -28,24 +28,34 @@ from typing import Any, Protocol
 
 import torch
 
-from compat.ops._checks import allowed, dtype_name
+from compat.ops.checks import allowed, dtype_name, shape_text
 from compat.ops.encoding import decode, decode_quant_param
+from compat.ops.schemes import (
+    A8W8,
+    SCHEMES,
+    Row,
+    Scheme,
+    dtypes_for,
+    scheme_of,
+    storage_dtypes,
+)
 
 NAMES = ("weight", "scale", "offset", "pertoken_scale", "bias")
 
 _I8, _I32, _I64 = torch.int8, torch.int32, torch.int64
 _F16, _BF16, _F32, _F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
-# dtypes legal for some module (issue 4); the module's output dtype narrows them.
+
+# dtypes legal for some module, derived from the schemes; the module's output dtype and
+# scheme narrow them (plan_group).
 LEGAL: dict[str, tuple[torch.dtype, ...]] = {
-    "weight": (_I8, _I32),
-    "scale": (_F32, _I64, _BF16),
-    "offset": (_F32,),
+    "weight": storage_dtypes(),
+    "scale": dtypes_for("scale"),
+    "offset": dtypes_for("offset"),
     "pertoken_scale": (_F32,),
-    "bias": (_I32, _BF16, _F16, _F32),
+    "bias": dtypes_for("bias"),
 }
 FLOAT_WEIGHT_DTYPES = (_F16, _BF16, _F32, _F64)
-OUTPUT_DTYPES = (_I8, _F16, _BF16, _I32)
 
 # actions
 KEEP, RESTORE, DECODE = "unchanged", "restored", "decoded"
@@ -53,10 +63,6 @@ KEEP, RESTORE, DECODE = "unchanged", "restored", "decoded"
 # an int64 quant param lies in [2**46, 2**47); cast to a float it rounds into [2**46, 2**47]
 _Q_LOW, _Q_HIGH = float(2**46), float(2**47)
 CHUNK_ELEMENTS = 1 << 21  # 8 MiB of float32: buffers are reused, so this bounds the memory
-
-
-def shape_text(shape: tuple[int, ...]) -> str:
-    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
 
 
 @dataclass(frozen=True)
@@ -141,15 +147,15 @@ class Context:
 
     ``output_dtype`` None means unknown (a state_dict alone does not record it); a
     module's ``output_dtype=None`` is passed as ``torch.int8``. ``pertoken`` None means:
-    infer from the presence of the ``pertoken_scale`` key. ``a4w4`` is the module's
-    current weight kind, used when the checkpoint has no weight.
+    infer from the presence of the ``pertoken_scale`` key. ``scheme`` is the module's
+    current scheme (from its weight dtype), used when the checkpoint has no weight.
     """
 
     output_dtype: torch.dtype | None = None
     pertoken: bool | None = None
     out_features: int | None = None
     in_features: int | None = None
-    a4w4: bool = False
+    scheme: Scheme = A8W8
 
 
 @dataclass(frozen=True)
@@ -209,27 +215,16 @@ class GroupPlan:
 
 
 # --------------------------------------------------------------------------- legality
-def _row(
-    a4w4: bool, output_dtype: torch.dtype, pertoken: bool
-) -> dict[str, tuple[torch.dtype | None, ...]] | None:
-    """The Atlas A2/A3 dtype row of ``quant_matmul`` (spec §2.5) for a module config."""
-    from compat.ops.quant_matmul import _TABLE  # one table, owned by the op
-
-    return _TABLE.get((a4w4, output_dtype, pertoken))
-
-
 def _dtypes(values: tuple[torch.dtype | None, ...]) -> tuple[torch.dtype, ...]:
     return tuple(v for v in values if v is not None)
 
 
-def _outputs_text(a4w4: bool, *, with_offset: bool = False) -> str:
-    """The output dtypes quant_matmul supports for A4W4 (or A8W8), from the dtype table;
+def _outputs_text(scheme: Scheme, *, with_offset: bool = False) -> str:
+    """The output dtypes quant_matmul supports for ``scheme``, from its dtype rows;
     ``with_offset``: only those whose row takes an offset."""
-    from compat.ops.quant_matmul import _TABLE
-
     modes: dict[torch.dtype, set[bool]] = {}
-    for (kind, out, pertoken), row in _TABLE.items():
-        if kind == a4w4 and (not with_offset or _dtypes(row["offset"])):
+    for (out, pertoken), row in scheme.rows.items():
+        if not with_offset or _dtypes(row["offset"]):
             modes.setdefault(out, set()).add(pertoken)
     words = {
         frozenset({False}): "without pertoken_scale",
@@ -303,7 +298,7 @@ def _restore_int8(
     return None, None if out is None else out.reshape(spec.shape)
 
 
-def _destroyed_index(values: torch.Tensor) -> int | None:
+def destroyed_index(values: torch.Tensor) -> int | None:
     hit = (values >= _Q_LOW) & (values <= _Q_HIGH)
     if bool(hit.any()):
         return int(hit.reshape(-1).nonzero()[0, 0])
@@ -453,7 +448,8 @@ def _plan_weight(g: _Group) -> torch.dtype | None:
         g.keep("weight")
         return spec.dtype
     if spec.dtype not in FLOAT_WEIGHT_DTYPES:
-        g.check_dtype("weight", LEGAL["weight"], "(int8; int32 for A4W4)")
+        kinds = "; ".join(f"{dtype_name(s.storage_dtype)} for {s.name}" for s in SCHEMES)
+        g.check_dtype("weight", LEGAL["weight"], f"({kinds})")
         return None
     # F4: a float weight is legal only as the float image of an int8 weight.
     key = g.keys["weight"]
@@ -498,7 +494,7 @@ def _context(out: torch.dtype | None, row: object, pertoken: bool) -> str:
 def _plan_scale(
     g: _Group,
     n: int | None,
-    row: Mapping[str, tuple[torch.dtype | None, ...]] | None,
+    row: Row | None,
     pertoken: bool,
 ) -> None:
     spec = g.specs.get("scale")
@@ -557,7 +553,7 @@ def _plan_scale(
     if spec.dtype.is_floating_point:
         values = g.values("scale")
         if values is not None:
-            hit = _destroyed_index(values)
+            hit = destroyed_index(values)
             if hit is not None:
                 g.problem(
                     "scale",
@@ -582,7 +578,7 @@ def _plan_scale(
 def _plan_offset(
     g: _Group,
     n: int | None,
-    row: Mapping[str, tuple[torch.dtype | None, ...]] | None,
+    row: Row | None,
     pertoken: bool,
 ) -> None:
     if "offset" not in g.specs:
@@ -594,7 +590,7 @@ def _plan_offset(
             "offset",
             f"an offset ({spec}) is not allowed "
             f"{_context(g.ctx.output_dtype, row, pertoken)}: quant_matmul takes an offset only "
-            f"for output_dtype {_outputs_text(False, with_offset=True)}; allowed here: no "
+            f"for output_dtype {_outputs_text(A8W8, with_offset=True)}; allowed here: no "
             "offset (build the module with offset=False, or with the output dtype the "
             "checkpoint was made for)",
         )
@@ -629,7 +625,7 @@ def _plan_offset(
 def _plan_bias(
     g: _Group,
     n: int | None,
-    row: Mapping[str, tuple[torch.dtype | None, ...]] | None,
+    row: Row | None,
     pertoken: bool,
 ) -> None:
     if "bias" not in g.specs:
@@ -660,28 +656,29 @@ def plan_group(
     before = len(problems)
     n = _out_features(g)
     weight_dtype = _plan_weight(g)
-    a4w4 = (weight_dtype == _I32) if weight_dtype is not None else ctx.a4w4
+    scheme = (scheme_of(weight_dtype) or A8W8) if weight_dtype is not None else ctx.scheme
     pertoken = ctx.pertoken if ctx.pertoken is not None else "pertoken_scale" in keys
     out = ctx.output_dtype
-    row = _row(a4w4, out, pertoken) if out is not None else None
-    if out is not None and row is None and weight_dtype == _I32:
+    row = scheme.row(out, pertoken) if out is not None else None
+    if out is not None and row is None and scheme is not A8W8:
         spec = g.specs["weight"]
         g.changes.pop("weight", None)
         g.problem(
             "weight",
             f"dtype {dtype_name(spec.dtype)} (shape {shape_text(spec.shape)}) is not allowed "
             f"for output_dtype={dtype_name(out)}{' with pertoken_scale' if pertoken else ''}: "
-            "an int32 weight is A4W4 (8 packed int4), which quant_matmul supports only for "
-            f"output_dtype {_outputs_text(True)}; allowed here: "
+            f"an {dtype_name(spec.dtype)} weight is {scheme.name} ({scheme.pack} packed values), "
+            f"which quant_matmul supports only for output_dtype {_outputs_text(scheme)}; allowed "
+            "here: "
             + (
-                "torch.int8"
-                if _row(False, out, pertoken) is not None
+                dtype_name(A8W8.storage_dtype)
+                if A8W8.row(out, pertoken) is not None
                 else "nothing (the module's configuration is not a legal quant_matmul combination)"
             ),
         )
     elif out is not None and row is None:
         g.notes.append(
-            f"module configuration {'A4W4' if a4w4 else 'A8W8'}, "
+            f"module configuration {scheme.name}, "
             f"output_dtype={dtype_name(out)}{', pertoken_scale' if pertoken else ''} is not a "
             "legal quant_matmul combination; dtypes were checked against the union of legal "
             "dtypes only"

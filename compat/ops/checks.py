@@ -1,5 +1,5 @@
-"""Argument checking helpers: every message names the argument, the value got and
-what is allowed."""
+"""Argument checking helpers shared by every layer: every message names the argument,
+the value got and what is allowed."""
 
 from __future__ import annotations
 
@@ -52,5 +52,18 @@ def require_dtype(
         )
 
 
+def shape_text(shape: tuple[int, ...]) -> str:
+    """``(2, 3)``, ``(4,)``, ``()``: a shape as Python writes the tuple."""
+    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
+
+
 def shape_str(tensor: torch.Tensor) -> str:
-    return f"({', '.join(str(d) for d in tensor.shape)}{',' if tensor.dim() == 1 else ''})"
+    """:func:`shape_text` of a tensor's shape."""
+    return shape_text(tuple(tensor.shape))
+
+
+def require_no_nan(func: str, name: str, tensor: torch.Tensor, why: str) -> None:
+    """ValueError if ``tensor`` holds NaN (skipped where values cannot be read: meta
+    tensors, or while torch.compile traces)."""
+    if eager_values(tensor) and bool(torch.isnan(tensor).any()):
+        raise ValueError(f"{func}: argument {name!r} contains NaN; {why}")

@@ -3,7 +3,7 @@
 PyTorch's default loader copies a checkpoint tensor into the existing parameter, so the
 *module's* dtype and shape win (spec §3.4): an int64 scale becomes a float of the integer,
 a float bias is truncated, a ``(1,)`` scale is a size mismatch. Here the checkpoint's
-entries are first judged and upgraded by :mod:`compat.checkpoint._rules` (the same rules
+entries are first judged and upgraded by :mod:`compat.formats.rules` (the same rules
 as :func:`compat.upgrade_state_dict`, but knowing the module's output dtype, pertoken
 setting and sizes), every problem of the module is raised at once as a
 :class:`CheckpointError` before anything is touched, and then each parameter whose dtype
@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compat.checkpoint._rules import NAMES, Context, DictAccess, apply, plan_group
-from compat.checkpoint.errors import CheckpointError
+from compat.formats.errors import CheckpointError
+from compat.formats.rules import NAMES, Context, DictAccess, Spec, apply, plan_group
+from compat.ops.schemes import A8W8, scheme_of
 
 # The state_dict format of compat's modules, stored by PyTorch as
 # ``state_dict._metadata[module]["version"]``. 1 (nn.Module's default, upstream's
@@ -41,7 +42,7 @@ def module_context(module: nn.Module) -> Context:
         pertoken=getattr(module, "pertoken_scale", None) is not None,
         out_features=getattr(module, "out_features", None),
         in_features=getattr(module, "in_features", None),
-        a4w4=isinstance(weight, torch.Tensor) and weight.dtype == torch.int32,
+        scheme=(isinstance(weight, torch.Tensor) and scheme_of(weight.dtype)) or A8W8,
     )
 
 
@@ -78,7 +79,8 @@ def load_linear_quant_state(
     if problems:
         raise CheckpointError(problems)
     assign = bool(local_metadata.get("assign_to_params_buffers", False))
-    reshaped: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (param, old data)
+    # key -> (param, old data, (placeholder's data_ptr, param._version) once it is in)
+    reshaped: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] = {}
     for change in plan.keys:
         if change.changed:
             state_dict[change.key] = apply(change, state_dict[change.key])
@@ -88,31 +90,46 @@ def load_linear_quant_state(
             target.dtype,
             target.shape,
         ):
-            reshaped[change.key] = (param, param.data)
+            old = param.data
             with torch.no_grad():
                 param.data = _placeholder(param, target.dtype, target.shape, real=not assign)
-    errors_before = len(error_msgs)
+            reshaped[change.key] = (param, old, (param.data_ptr(), param._version))
+    targets = {c.key: c.after for c in plan.keys}
     try:
         default_load(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
     except BaseException:
-        _restore(reshaped, error_msgs[errors_before:], everything=True)
+        _restore(module, reshaped, None)
         raise
-    _restore(reshaped, error_msgs[errors_before:], everything=False)
+    _restore(module, reshaped, targets)
     _pertoken_rules(module, prefix, missing_keys)
 
 
 def _restore(
-    reshaped: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    new_errors: list[str],
-    *,
-    everything: bool,
+    module: nn.Module,
+    reshaped: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]],
+    targets: dict[str, Spec] | None,
 ) -> None:
-    """Give a re-shaped parameter its old data back if PyTorch's loader did not fill it
-    (it raised, or reported an error for that key): nothing is lost on failure."""
-    for key, (param, old) in reshaped.items():
-        if everything or any(f'"{key}"' in msg or f"{key}:" in msg for msg in new_errors):
+    """Give a re-shaped parameter its old data back unless PyTorch's loader filled it:
+    nothing is lost on failure.
+
+    Decided from each parameter after the load (``targets`` None: the loader raised, so
+    everything is restored): it was filled if the module now holds a tensor of the
+    checkpoint's dtype and shape whose data is no longer the placeholder's (``assign=True``
+    and swap-tensors mode replace it) or was written in place since the placeholder was
+    set (``copy_`` bumps the tensor's version counter).
+    """
+    for key, (param, old, (pointer, version)) in reshaped.items():
+        now = getattr(module, key.rpartition(".")[2], None)
+        want = targets.get(key) if targets is not None else None
+        filled = (
+            want is not None
+            and isinstance(now, torch.Tensor)
+            and (now.dtype, tuple(now.shape)) == (want.dtype, want.shape)
+            and (now.data_ptr() != pointer or now._version != version)
+        )
+        if not filled and now is param:
             with torch.no_grad():
                 param.data = old
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
-from compat.checkpoint._rules import NAMES
-
-# Where upstream's class lives (spec §3); matched by name so torch_npu is never imported.
-UPSTREAM_MODULE = "torch_npu.contrib.module.linear_a8w8_quant"
-UPSTREAM_PACKAGE = "torch_npu.contrib.module"
-LEGACY_NAME = "LinearA8W8Quant"
+from compat import upstream
+from compat.formats.rules import NAMES
+from compat.nn.linear_a8w8_quant import LinearA8W8Quant, replacement_kwargs
+from compat.nn.linear_quant import LinearQuant
 
 
 def is_legacy_module(module: nn.Module) -> bool:
@@ -21,29 +17,16 @@ def is_legacy_module(module: nn.Module) -> bool:
     the subclass adds.
     """
     cls = type(module)
-    if cls.__name__ != LEGACY_NAME:
+    if cls.__name__ != upstream.LEGACY_CLASS:
         return False
-    if cls.__module__ in (UPSTREAM_MODULE, UPSTREAM_PACKAGE):
+    if cls.__module__ in (upstream.LEGACY_SUBMODULE, upstream.MODULE):
         return True
-    try:
-        from compat.nn.linear_a8w8_quant import LinearA8W8Quant
-    except ImportError:  # pragma: no cover - the adapter module is part of the package
-        return False
     return cls is LinearA8W8Quant
-
-
-def _mapped_kwargs(module: nn.Module) -> dict[str, Any]:
-    """LinearQuant keyword arguments equivalent to ``module`` (adapter's mapping)."""
-    from compat.nn.linear_a8w8_quant import replacement_kwargs
-
-    return replacement_kwargs(module)
 
 
 def replacement(module: nn.Module) -> nn.Module:
     """A LinearQuant sharing ``module``'s parameter objects (no tensor is copied)."""
-    from compat.nn.linear_quant import LinearQuant
-
-    kwargs = _mapped_kwargs(module)
+    kwargs = replacement_kwargs(module)
     kwargs["device"] = "meta"  # placeholders only: the real tensors are shared below
     new = LinearQuant(**kwargs)
     for name in NAMES:
