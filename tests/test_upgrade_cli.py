@@ -22,7 +22,8 @@ import torch
 from conftest import ROOT
 
 import compat
-from compat.checkpoint import _atomic, converter
+from compat.checkpoint import atomic as _atomic
+from compat.checkpoint.files import torchfile
 from compat.cli import main as cli
 from compat.formats import rules as _rules
 
@@ -481,17 +482,17 @@ def test_oserror_from_the_writer_is_reported_in_process(
 ) -> None:
     src, dst = tmp_path / "src.pt", tmp_path / "dst.pt"
     torch.save(f4_state(), src)
-    real_save = converter._torchfile.save
+    real_save = torchfile.save
 
     def failing_save(obj: Any, out: Any, **kwargs: Any) -> None:
         out.write(b"PK\x03\x04 partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(converter._torchfile, "save", failing_save)
+    monkeypatch.setattr(torchfile, "save", failing_save)
     assert cli(["upgrade", str(src), str(dst)]) == 1
     assert "No space left on device" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.pt"]
-    monkeypatch.setattr(converter._torchfile, "save", real_save)
+    monkeypatch.setattr(torchfile, "save", real_save)
     assert cli(["upgrade", str(src), str(dst)]) == 0
 
 

@@ -6,12 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from compat.checkpoint import _torchfile
-from compat.checkpoint._safetensors import SafetensorsFile
-from compat.checkpoint.converter import UsageError, _open_shards, _read_index, resolve_source
-from compat.checkpoint.upgrade import OutputDtypes, upgrade_state_dict
+from compat.checkpoint import files
+from compat.checkpoint.request import UsageError
+from compat.checkpoint.upgrade import OutputDtypes
 from compat.formats.errors import CheckpointError
 
 
@@ -34,32 +31,11 @@ def load_legacy(
     :class:`CheckpointError` for unreadable, corrupt, refused or unrecoverable input.
     """
     try:
-        source = resolve_source(Path(path))
+        source = files.detect(Path(path))
     except UsageError as err:
         raise CheckpointError(str(err)) from None
-    if source.kind == "torch":
-        loaded = _torchfile.load(source.path, trust_pickle=trust_pickle)
-        if loaded.zip:
-            _torchfile.check_zip_crc(source.path)
-        plans = _torchfile.plan(loaded, output_dtypes)
-        result: dict[str, Any] = _torchfile.apply(loaded.obj, plans)
-        return result
-    if source.kind == "safetensors":
-        sf = SafetensorsFile(source.path)
-        try:
-            state = {name: sf.tensor(name) for name in sf.entries}
-        finally:
-            sf.close()
-        return upgrade_state_dict(state, output_dtypes=output_dtypes)
-    _index, weight_map = _read_index(source.path)
-    shards = _open_shards(source.path, weight_map, trust_pickle)
-    merged: dict[str, torch.Tensor] = {}
-    try:
-        for key, name in weight_map.items():
-            shard = shards[name]
-            merged[key] = shard.st.tensor(key) if shard.st is not None else shard.loaded.obj[key]  # type: ignore[union-attr]
-    finally:
-        for shard in shards.values():
-            if shard.st is not None:
-                shard.st.close()
-    return upgrade_state_dict(merged, output_dtypes=output_dtypes)
+    fmt = files.by_name(source.kind)
+    result: dict[str, Any] = fmt.load(
+        source.path, trust_pickle=trust_pickle, output_dtypes=output_dtypes
+    )
+    return result

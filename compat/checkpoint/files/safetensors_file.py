@@ -1,4 +1,4 @@
-"""safetensors files, streamed: at most one chunk of one tensor in memory.
+"""The safetensors format, streamed: at most one chunk of one tensor in memory.
 
 The ``safetensors`` package (extra ``compat[safetensors]``) is the authority on the
 format: it validates every source header and reads back every file written here. Data
@@ -18,15 +18,34 @@ import io
 import json
 import struct
 import sys
+import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+from compat.checkpoint import atomic, commit, request
+from compat.checkpoint.files import torchfile
+from compat.checkpoint.progress import Progress
+from compat.checkpoint.request import Request, Result, Source
+from compat.checkpoint.upgrade import (
+    OutputDtypes,
+    UpgradeReport,
+    plan_state_dict,
+    upgrade_state_dict,
+)
 from compat.formats.errors import CheckpointError
-from compat.formats.rules import CHUNK_ELEMENTS, Spec
+from compat.formats.rules import (
+    CHUNK_ELEMENTS,
+    RESTORE,
+    Access,
+    NotInt8Error,
+    Spec,
+    restored_chunks,
+    transform_chunk,
+)
 
 HEADER_LIMIT = 100 * 2**20  # the package's own limit
 COPY_CHUNK = 8 * 2**20
@@ -297,3 +316,240 @@ def write(
             raise CheckpointError(
                 f"internal error: tensor {name!r} produced {written} bytes, expected {spec.nbytes}"
             )
+
+
+# --------------------------------------------------------------------------- conversion
+@dataclass
+class Job:
+    """One safetensors file to write: its tensors in order and what happens to each."""
+
+    files: dict[str, SafetensorsFile]  # tensor name -> the file holding it
+    names: list[str]
+    metadata: dict[str, str] | None
+    report: UpgradeReport
+    crcs: dict[str, int] = field(default_factory=dict)  # CRC-32 of the bytes written
+
+    def change(self, name: str) -> Any:
+        return next((k for k in self.report.changes if k.key == name), None)
+
+    def spec(self, name: str) -> Spec:
+        change = self.change(name)
+        return change.after if change is not None else self.files[name].spec(name)
+
+
+class FilesAccess:
+    """:class:`Access` over tensors held by safetensors files (name -> file)."""
+
+    def __init__(self, files: dict[str, SafetensorsFile]) -> None:
+        self.files = files
+
+    def spec(self, key: str) -> Spec:
+        return self.files[key].spec(key)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self.files[key].tensor(key)
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]:
+        return self.files[key].chunks(key)
+
+    def is_meta(self, key: str) -> bool:
+        return False
+
+
+class _Deferred(FilesAccess):
+    """Float weights are checked while they are written (one read of the file instead of
+    two); on a bad value the conversion re-plans with every value read and raises."""
+
+    defer_weight_checks = True
+
+
+def write_job(out: IO[bytes], job: Job, progress: Progress | None) -> None:
+    """Stream the tensors out; transformed ones are checked chunk by chunk against their
+    documented transformation (RESTORE: int8 -> float gives the source back; DECODE:
+    the bits), so what is written is what the report says."""
+
+    def produce(name: str) -> Iterator[torch.Tensor]:
+        change, source = job.change(name), job.files[name]
+        if change is None:
+            pieces: Iterator[torch.Tensor] = source.raw_chunks(name)
+        elif change.action == RESTORE:
+            pieces = restored_chunks(source.chunks(name))
+        else:
+            pieces = (transform_chunk(change.action, c) for c in source.chunks(name))
+        crc = 0
+        for piece in pieces:
+            crc = zlib.crc32(as_bytes(piece), crc)
+            yield piece
+        job.crcs[name] = crc
+
+    entries = [(name, job.spec(name)) for name in job.names]
+    advance = progress.advance if progress is not None else None
+    write(out, entries, job.metadata, produce, advance)
+
+
+def verify_job(path: Path, job: Job, progress: Progress | None) -> None:
+    """Reload: the safetensors package must read the same names, dtypes, shapes and
+    metadata, and every tensor's bytes must have the CRC-32 of the bytes written.
+
+    Every transformed tensor must also be the documented transformation of its source
+    tensor, checked as for torch files (:func:`torchfile.documented_transformation_holds`),
+    independently of the code that produced it: a decoded scale is re-read from the
+    written file and from the source, chunk by chunk. A weight restored to int8 was
+    checked against its source chunk by chunk while it was written (every value survived
+    the int8 -> float round trip), and the CRC ties the file's bytes to those chunks; as
+    for torch files, the float source is not read a third time.
+    """
+    try:
+        written = SafetensorsFile(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"verification failed: {err}") from None
+    try:
+        if list(written.entries) != job.names or written.metadata != job.metadata:
+            raise CheckpointError(
+                f"verification failed: {path} holds other tensors or metadata than expected"
+            )
+        for name in job.names:
+            want = job.spec(name)
+            if written.spec(name) != want:
+                raise CheckpointError(
+                    f"verification failed: {name!r} was written as {written.spec(name)}, "
+                    f"expected {want}"
+                )
+            crc = 0
+            for piece in written.raw_chunks(name):
+                crc = zlib.crc32(as_bytes(piece), crc)
+            if progress is not None:
+                progress.advance(want.nbytes)
+            if crc != job.crcs[name]:
+                raise CheckpointError(
+                    f"verification failed: {name!r} differs from what was written"
+                )
+            change = job.change(name)
+            if change is not None and change.changed and change.action != RESTORE:
+                _check_transformation(change.action, name, job.files[name], written)
+    finally:
+        written.close()
+
+
+def _check_transformation(
+    action: str, name: str, source: SafetensorsFile, written: SafetensorsFile
+) -> None:
+    """The written tensor ``name`` is the documented ``action`` form of the source's,
+    compared one chunk at a time (both files yield chunks of the same element count)."""
+    pairs = zip(source.chunks(name), written.chunks(name), strict=False)
+    same_size = source.spec(name).numel == written.spec(name).numel
+    if not same_size or not all(
+        torchfile.documented_transformation_holds(action, src, got) for src, got in pairs
+    ):
+        raise CheckpointError(
+            f"verification failed: {name!r} is not the documented {action} form of the source "
+            "tensor"
+        )
+
+
+def _write_st_job(
+    req: Request,
+    source: Source,
+    dst: Path,
+    result: Result,
+    progress: Progress,
+    job: Job,
+    replan: Callable[[], object],
+) -> Result:
+    """Write, verify and commit one safetensors file. A float weight found not to hold
+    int8 values while writing aborts it; ``replan()`` (every value read) then raises the
+    full list of problems, as a dry run reports them."""
+    try:
+        return commit.write_verified(
+            req,
+            source,
+            dst,
+            result,
+            progress,
+            lambda out: write_job(out, job, progress),
+            lambda path: verify_job(path, job, progress),
+        )
+    except NotInt8Error as err:
+        replan()
+        raise CheckpointError(
+            f"{source.path}: a float weight holds {err}, not an int8 value"
+        ) from None
+
+
+def convert(req: Request, source: Source, dst: Path | None) -> Result:
+    sf = SafetensorsFile(source.path)
+    try:
+        names = list(sf.entries)
+        files = dict.fromkeys(names, sf)
+        access = sf if req.dry_run else _Deferred(files)  # a dry run reads every value
+        report = plan_state_dict(names, access, req.output_dtypes)
+        result = Result(source.path, dst, "safetensors", "", [("", report)])
+        if req.dry_run:
+            result.status = "would-convert" if report.changed else "up-to-date"
+            return result
+        assert dst is not None
+        progress = request.progress_for(req, 2 * source.path.stat().st_size, many=False)
+        try:
+            if req.in_place and report.changed:
+                commit.check_backup_free(source.path)
+            atomic.remove_stale_temps(dst)
+            if not report.changed:
+                result.status = "current"
+                if not req.in_place:
+                    with commit.writing(dst) as tmp:
+                        commit.copy_verified(source.path, tmp, progress)
+                        commit.commit(tmp, backup_of=None, result=result)
+                    progress.finish()
+                    result.verified = True
+                return result
+            job = Job(files, names, sf.metadata, report)
+            progress.retotal(2 * sum(job.spec(name).nbytes for name in names))
+            full = FilesAccess(files)
+            replan = lambda: plan_state_dict(names, full, req.output_dtypes)  # noqa: E731
+            return _write_st_job(req, source, dst, result, progress, job, replan)
+        finally:
+            progress.close()
+    finally:
+        sf.close()
+
+
+class _Opened:
+    def __init__(self, path: Path) -> None:
+        self._file = SafetensorsFile(path)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._file.entries)
+
+    @property
+    def access(self) -> Access:
+        return self._file
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SafetensorsFormat:
+    """One ``.safetensors`` file (recognised by its header, not its name)."""
+
+    name = "safetensors"
+
+    def detect(self, path: Path) -> Path | None:
+        return path if path.is_file() and is_safetensors(path) else None
+
+    def open(self, path: Path, *, trust_pickle: bool) -> _Opened:
+        return _Opened(path)
+
+    def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
+        sf = SafetensorsFile(path)
+        try:
+            state = {name: sf.tensor(name) for name in sf.entries}
+        finally:
+            sf.close()
+        return upgrade_state_dict(state, output_dtypes=output_dtypes)
+
+    def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
+        return convert(req, source, dst)
+
+
+FORMAT = SafetensorsFormat()

@@ -1,14 +1,15 @@
-"""torch files (``torch.save`` output): safe loading, integrity check, saving and
-verification with bounded memory."""
+"""The torch file format (``torch.save`` output): safe loading, integrity check, saving,
+verification with bounded memory, and conversion."""
 
 from __future__ import annotations
 
 import inspect
 import pickle
 import sys
+import threading
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -16,12 +17,15 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from compat.checkpoint import _pickle
-from compat.checkpoint._pages import PageReleaser
-from compat.checkpoint._progress import Progress
-from compat.checkpoint.upgrade import UpgradeReport, apply_report, plan_state_dict
+from compat.checkpoint import atomic, commit, request, unpickler
+from compat.checkpoint.pages import PageReleaser
+from compat.checkpoint.progress import Progress
+from compat.checkpoint.request import Request, Result, Source
+from compat.checkpoint.upgrade import OutputDtypes, UpgradeReport, apply_report, plan_state_dict
 from compat.formats.errors import CheckpointError
-from compat.formats.rules import CHUNK_ELEMENTS, DECODE, RESTORE, Context, DictAccess
+from compat.formats.loading import module_context
+from compat.formats.rules import CHUNK_ELEMENTS, DECODE, RESTORE, Access, Context, DictAccess
+from compat.nn.linear_quant import LinearQuant
 
 Location = tuple[str, ...]  # where a state_dict sits in the loaded object: () or (key,)
 
@@ -56,13 +60,13 @@ def load(path: Path, *, trust_pickle: bool) -> Loaded:
     try:
         obj = _quiet_load(path, weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
-        names = _pickle.globals_in(path, err)
+        names = unpickler.globals_in(path, err)
         if not names:
             raise CheckpointError(
                 f"{path}: not a torch checkpoint, or corrupt ({_last_line(err)})"
             ) from None
         if not trust_pickle:
-            raise CheckpointError(_pickle.refusal_message(path, names)) from None
+            raise CheckpointError(unpickler.refusal_message(path, names)) from None
         obj = _trusted_load(path, is_zip)
         loaded = _modules_to_state(path, obj, is_zip)
         loaded.releaser = PageReleaser(path, enabled=is_zip and _native_order(path))
@@ -89,7 +93,10 @@ def _last_line(err: BaseException) -> str:
 def _trusted_load(path: Path, is_zip: bool) -> Any:
     try:
         return _quiet_load(
-            path, weights_only=False, mmap=is_zip, pickle_module=_pickle.redirecting_pickle_module()
+            path,
+            weights_only=False,
+            mmap=is_zip,
+            pickle_module=unpickler.redirecting_pickle_module(),
         )
     except Exception as err:
         raise CheckpointError(
@@ -112,9 +119,6 @@ def _native_order(path: Path) -> bool:
 
 def _modules_to_state(path: Path, obj: Any, is_zip: bool) -> Loaded:
     """Replace unpickled modules (top level or one level down) by their state_dicts."""
-    from compat.formats.loading import module_context
-    from compat.nn.linear_quant import LinearQuant
-
     contexts: dict[Location, dict[str, Context]] = {}
 
     def convert(module: nn.Module, where: Location) -> dict[str, Any]:
@@ -479,3 +483,138 @@ def verify(
                     f"{change.action} form of the source tensor"
                 )
     del got
+
+
+def _label(location: Location) -> str:
+    return f"[{location[0]!r}]" if location else ""
+
+
+class _Background:
+    """Run ``func(*args)`` in a thread; :meth:`wait` re-raises its exception."""
+
+    def __init__(self, func: Callable[..., None] | None, *args: Any) -> None:
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if func is not None:
+
+            def target() -> None:
+                try:
+                    func(*args)
+                except BaseException as err:  # handed to the waiting thread
+                    self._error = err
+
+            self._thread = threading.Thread(target=target, name="compat-crc", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def convert(req: Request, source: Source, dst: Path | None) -> Result:
+    size = source.path.stat().st_size
+    progress = request.progress_for(req, 3 * size, many=False)
+    try:
+        loaded = load(source.path, trust_pickle=req.trust_pickle)
+        # the CRC pass reads the file with plain I/O; it overlaps planning and writing and
+        # must succeed before anything is committed (or reported as convertible)
+        crc = _Background(check_zip_crc, source.path) if loaded.zip else _Background(None)
+        progress.phase("planning")
+        try:
+            plans = plan(loaded, req.output_dtypes, keep_results=not req.dry_run)
+        except CheckpointError:
+            crc.wait()  # a corrupt file explains a planning failure better
+            raise
+        changed = any(r.changed for _, r in plans)
+        result = Result(source.path, dst, "torch", "", [(_label(loc), r) for loc, r in plans])
+        if loaded.pickled_modules:
+            result.notes.append("whole-module pickle (trusted): written as a state_dict")
+        must_write = changed or loaded.pickled_modules
+        if req.dry_run:
+            crc.wait()
+            result.status = "would-convert" if must_write else "up-to-date"
+            return result
+        assert dst is not None
+        if req.in_place and must_write:
+            commit.check_backup_free(source.path)
+        atomic.remove_stale_temps(dst)
+        if not must_write:
+            result.status = "current"
+            if not req.in_place:
+                with commit.writing(dst) as tmp:
+                    progress.phase("copying")
+                    commit.copy_verified(source.path, tmp, progress)
+                    crc.wait()
+                    commit.commit(tmp, backup_of=None, result=result)
+                progress.finish()
+                result.verified = True
+            return result
+        upgraded = apply(loaded.obj, plans, loaded.releaser)
+        progress.retotal(progress.done + 2 * storage_bytes(upgraded))
+        release = loaded.releaser
+
+        def write_file(out: IO[bytes]) -> None:
+            save(upgraded, out, releaser=release, progress=progress)
+
+        def verify_file(path: Path) -> None:
+            verify(path, upgraded, loaded.obj, plans, src_releaser=release, progress=progress)
+            crc.wait()
+
+        return commit.write_verified(req, source, dst, result, progress, write_file, verify_file)
+    finally:
+        progress.close()
+
+
+class _Opened:
+    """A torch file holding one flat state_dict, opened for planning."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        if not is_state_dict(loaded.obj):
+            raise CheckpointError(f"{loaded.path}: not one flat state_dict")
+        self._loaded = loaded
+        release = loaded.releaser.release if loaded.releaser is not None else None
+        self._access = DictAccess(loaded.obj, release)
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for k, v in self._loaded.obj.items() if isinstance(v, torch.Tensor)]
+
+    @property
+    def access(self) -> Access:
+        return self._access
+
+    @property
+    def loaded(self) -> Loaded:
+        return self._loaded
+
+    def close(self) -> None:
+        pass
+
+
+class TorchFormat:
+    """``torch.save`` files (zip or legacy serialization); the catch-all format."""
+
+    name = "torch"
+
+    def detect(self, path: Path) -> Path | None:
+        return path if path.is_file() else None
+
+    def open(self, path: Path, *, trust_pickle: bool) -> _Opened:
+        loaded = load(path, trust_pickle=trust_pickle)
+        if loaded.zip:
+            check_zip_crc(path)
+        return _Opened(loaded)
+
+    def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
+        loaded = load(path, trust_pickle=trust_pickle)
+        if loaded.zip:
+            check_zip_crc(path)
+        return apply(loaded.obj, plan(loaded, output_dtypes))
+
+    def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
+        return convert(req, source, dst)
+
+
+FORMAT = TorchFormat()

@@ -1,0 +1,104 @@
+"""Checkpoint file formats: one module per format behind one small interface.
+
+A format (:class:`FileFormat`) can tell whether a path is one of its files
+(:meth:`~FileFormat.detect`), open it as the planner's :class:`~compat.formats.rules.Access`
+(:meth:`~FileFormat.open`), and convert it: plan, write to a temporary file, verify by
+re-reading, then commit atomically (:meth:`~FileFormat.convert`, built on
+:mod:`compat.checkpoint.commit`). :func:`detect` looks a path up in :data:`REGISTRY`;
+``compat.checkpoint.converter.convert`` and ``compat.load_legacy`` use nothing else, so a
+new format is one new module registered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from compat.checkpoint.request import Request, Result, Source, UsageError
+from compat.checkpoint.upgrade import OutputDtypes
+from compat.formats.rules import Access
+
+
+class Opened(Protocol):
+    """A checkpoint opened for reading."""
+
+    @property
+    def keys(self) -> list[str]:
+        """Every tensor name, in file order."""
+        ...
+
+    @property
+    def access(self) -> Access:
+        """The planner's access to the tensors' specs and values."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FileFormat(Protocol):
+    """One checkpoint file format (see the package docstring)."""
+
+    name: str
+
+    def detect(self, path: Path) -> Path | None:
+        """The file to read if ``path`` is in this format (for a sharded checkpoint,
+        its index), else None; raises UsageError for a path that is in this format but
+        unusable."""
+        ...
+
+    def open(self, path: Path, *, trust_pickle: bool) -> Opened:
+        """Open the (detected) file for planning; nothing is converted."""
+        ...
+
+    def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
+        """The upgraded state_dict (or dict of state_dicts) the file holds, in memory."""
+        ...
+
+    def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
+        """Plan, write, verify and commit one conversion (DST None: a dry run)."""
+        ...
+
+
+#: Formats in detection order; the last one (torch files) accepts any file. Filled at
+#: the end of this module.
+REGISTRY: list[FileFormat] = []
+
+
+def register(fmt: FileFormat, *, catch_all: bool = False) -> FileFormat:
+    """Add ``fmt`` to the registry, before the catch-all format (or as it)."""
+    if catch_all or not REGISTRY:
+        REGISTRY.append(fmt)
+    else:
+        REGISTRY.insert(len(REGISTRY) - 1, fmt)
+    return fmt
+
+
+def formats() -> Iterator[FileFormat]:
+    yield from REGISTRY
+
+
+def by_name(name: str) -> FileFormat:
+    for fmt in REGISTRY:
+        if fmt.name == name:
+            return fmt
+    raise KeyError(name)
+
+
+def detect(src: Path) -> Source:
+    """The :class:`Source` for ``src``: the first registered format that claims it."""
+    if not src.exists():
+        raise UsageError(f"{src}: no such file or directory")
+    for fmt in REGISTRY:
+        path = fmt.detect(src)
+        if path is not None:
+            return Source(fmt.name, path)
+    raise UsageError(f"{src}: not a checkpoint file or directory compat can read")
+
+
+# The built-in formats, each in its own module (they import this package's interface).
+from compat.checkpoint.files import safetensors_file, sharded, torchfile  # noqa: E402
+
+register(torchfile.FORMAT, catch_all=True)
+register(sharded.FORMAT)
+register(safetensors_file.FORMAT)

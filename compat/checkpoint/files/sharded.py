@@ -1,0 +1,348 @@
+"""Hugging Face sharded checkpoints: a ``*.index.json`` whose ``weight_map`` names the
+shard (safetensors or torch file) holding each tensor.
+
+Planned as one state_dict across shards; only the shards holding a changed tensor are
+rewritten. A new destination directory is built aside and renamed; in place, the shards
+and then the index are replaced all or nothing (:func:`compat.checkpoint.commit.commit_all`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compat.checkpoint import atomic, commit, request
+from compat.checkpoint.files import safetensors_file, torchfile
+from compat.checkpoint.files.safetensors_file import SafetensorsFile
+from compat.checkpoint.files.torchfile import Location
+from compat.checkpoint.progress import Progress
+from compat.checkpoint.request import Request, Result, Source, UsageError
+from compat.checkpoint.upgrade import (
+    OutputDtypes,
+    UpgradeReport,
+    plan_state_dict,
+    upgrade_state_dict,
+)
+from compat.formats.errors import CheckpointError
+from compat.formats.rules import Access, DictAccess, GroupPlan, Spec
+
+
+@dataclass
+class _Shard:
+    name: str
+    path: Path
+    kind: str
+    st: SafetensorsFile | None = None
+    loaded: torchfile.Loaded | None = None
+
+    def keys(self) -> list[str]:
+        if self.st is not None:
+            return list(self.st.entries)
+        assert self.loaded is not None
+        return [k for k, v in self.loaded.obj.items() if isinstance(v, torch.Tensor)]
+
+
+class _MultiAccess:
+    """:class:`Access` over the shards of a sharded checkpoint."""
+
+    def __init__(self, owner: dict[str, _Shard]) -> None:
+        self.owner = owner
+
+    def _access(self, key: str) -> Any:
+        shard = self.owner[key]
+        if shard.st is not None:
+            return shard.st
+        assert shard.loaded is not None
+        release = shard.loaded.releaser.release if shard.loaded.releaser is not None else None
+        return DictAccess(shard.loaded.obj, release)
+
+    def spec(self, key: str) -> Spec:
+        result: Spec = self._access(key).spec(key)
+        return result
+
+    def tensor(self, key: str) -> torch.Tensor:
+        result: torch.Tensor = self._access(key).tensor(key)
+        return result
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]:
+        result: Iterator[torch.Tensor] = self._access(key).chunks(key)
+        return result
+
+    def is_meta(self, key: str) -> bool:
+        return bool(self._access(key).is_meta(key))
+
+
+def read_index(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a readable JSON index ({err})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(
+            f"{path}: not a Hugging Face index (no 'weight_map' of tensor names to shard files)"
+        )
+    for shard in set(weight_map.values()):
+        if Path(shard).name != shard or shard in (".", ".."):
+            raise CheckpointError(
+                f"{path}: shard name {shard!r} is not a plain file name in the index's directory"
+            )
+    return index, weight_map
+
+
+def open_shards(
+    index_path: Path, weight_map: dict[str, str], trust_pickle: bool
+) -> dict[str, _Shard]:
+    shards: dict[str, _Shard] = {}
+    for name in dict.fromkeys(weight_map.values()):
+        path = index_path.parent / name
+        if not path.is_file():
+            raise CheckpointError(f"{index_path}: shard {name!r} is missing")
+        if safetensors_file.is_safetensors(path):
+            shards[name] = _Shard(name, path, "safetensors", st=SafetensorsFile(path))
+        else:
+            loaded = torchfile.load(path, trust_pickle=trust_pickle)
+            if not torchfile.is_state_dict(loaded.obj):
+                raise CheckpointError(f"{path}: a shard must hold one flat state_dict")
+            if loaded.zip:
+                torchfile.check_zip_crc(path)
+            shards[name] = _Shard(name, path, "torch", loaded=loaded)
+    for shard in shards.values():
+        for key in shard.keys():
+            if weight_map.get(key) != shard.name:
+                raise CheckpointError(
+                    f"{index_path}: tensor {key!r} is in shard {shard.name!r} but the index maps "
+                    f"it to {weight_map.get(key)!r}"
+                )
+    listed = {k for s in shards.values() for k in s.keys()}
+    missing = sorted(set(weight_map) - listed)
+    if missing:
+        raise CheckpointError(
+            f"{index_path}: the index lists {len(missing)} tensor(s) that no shard holds, e.g. "
+            f"{missing[0]!r}"
+        )
+    return shards
+
+
+def _write_shard(
+    shard: _Shard, report: UpgradeReport, dst: Path, progress: Progress
+) -> atomic.TempFile:
+    """Write and verify one upgraded shard as a temporary file (not yet committed)."""
+    keys = set(shard.keys())
+    own = _only(report, keys)
+    with commit.writing(dst) as tmp:
+        assert tmp.file is not None
+        if shard.st is not None:
+            names = list(shard.st.entries)
+            job = safetensors_file.Job(
+                dict.fromkeys(names, shard.st), names, shard.st.metadata, own
+            )
+            safetensors_file.write_job(tmp.file, job, progress)
+            tmp.finish()
+            safetensors_file.verify_job(tmp.path, job, progress)
+        else:
+            assert shard.loaded is not None
+            plans: list[tuple[Location, UpgradeReport]] = [((), own)]
+            upgraded = torchfile.apply(shard.loaded.obj, plans, shard.loaded.releaser)
+            torchfile.save(upgraded, tmp.file, releaser=shard.loaded.releaser, progress=progress)
+            tmp.finish()
+            torchfile.verify(
+                tmp.path,
+                upgraded,
+                shard.loaded.obj,
+                plans,
+                src_releaser=shard.loaded.releaser,
+                progress=progress,
+            )
+        return tmp
+
+
+def _only(report: UpgradeReport, keys: set[str]) -> UpgradeReport:
+    """The part of a report about ``keys`` (one shard's tensors)."""
+    groups = []
+    for g in report.groups:
+        mine = tuple(k for k in g.keys if k.key in keys)
+        if mine:
+            groups.append(GroupPlan(g.prefix, g.formats, g.output_dtype, mine, g.notes))
+    return UpgradeReport(tuple(groups), (), 0)
+
+
+def _new_index(index: dict[str, Any], report: UpgradeReport) -> bytes:
+    out = json.loads(json.dumps(index))
+    metadata = out.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("total_size"), int):
+        metadata["total_size"] += sum(k.after.nbytes - k.before.nbytes for k in report.changes)
+    return (json.dumps(out, indent=2) + "\n").encode()
+
+
+def convert(req: Request, source: Source, dst: Path | None) -> Result:
+    index, weight_map = read_index(source.path)
+    shards = open_shards(source.path, weight_map, req.trust_pickle)
+    try:
+        owner = {key: shards[name] for key, name in weight_map.items()}
+        report = plan_state_dict(list(weight_map), _MultiAccess(owner), req.output_dtypes)
+        result = Result(source.path, dst, "sharded", "", [("", report)])
+        if req.dry_run:
+            result.status = "would-convert" if report.changed else "up-to-date"
+            return result
+        assert dst is not None
+        changed_keys = {k.key for k in report.changes}
+        to_rewrite = [s for s in shards.values() if changed_keys & set(s.keys())]
+        total = sum(s.path.stat().st_size for s in shards.values())
+        progress = request.progress_for(req, 2 * total, many=len(shards) > 1)
+        try:
+            if req.in_place:
+                if not report.changed:
+                    result.status = "current"
+                    return result
+                return _in_place(source, index, report, to_rewrite, progress, result)
+            return _to_dir(source, index, report, shards, to_rewrite, dst, progress, result)
+        finally:
+            progress.close()
+    finally:
+        for shard in shards.values():
+            if shard.st is not None:
+                shard.st.close()
+
+
+def _in_place(
+    source: Source,
+    index: dict[str, Any],
+    report: UpgradeReport,
+    to_rewrite: list[_Shard],
+    progress: Progress,
+    result: Result,
+) -> Result:
+    for path in [s.path for s in to_rewrite] + [source.path]:
+        commit.check_backup_free(path)
+    for path in [s.path for s in to_rewrite] + [source.path]:
+        atomic.remove_stale_temps(path)
+    temps: list[atomic.TempFile] = []
+    try:
+        for shard in to_rewrite:
+            progress.phase(shard.name[:10])
+            temps.append(_write_shard(shard, report, shard.path, progress))
+        with commit.writing(source.path) as tmp:
+            assert tmp.file is not None
+            tmp.file.write(_new_index(index, report))
+            tmp.finish()
+        temps.append(tmp)
+        commit.commit_all(temps, source.path, result)  # shards first, the index last
+        progress.finish()
+    except BaseException:
+        for t in temps:
+            t.discard()
+        raise
+    result.status = "converted"
+    result.verified = True
+    return result
+
+
+def _to_dir(
+    source: Source,
+    index: dict[str, Any],
+    report: UpgradeReport,
+    shards: dict[str, _Shard],
+    to_rewrite: list[_Shard],
+    dst: Path,
+    progress: Progress,
+    result: Result,
+) -> Result:
+    atomic.remove_stale_temps(dst)
+    staging = atomic.temp_name(dst)
+    staging.mkdir()
+    try:
+        for shard in shards.values():
+            target = staging / shard.name
+            progress.phase(shard.name[:10])
+            if shard in to_rewrite:
+                tmp = _write_shard(shard, report, target, progress)
+                tmp.commit()
+            else:
+                with commit.writing(target) as tmp:
+                    commit.copy_verified(shard.path, tmp, progress)
+                    tmp.commit()
+        (staging / source.path.name).write_bytes(_new_index(index, report))
+        with open(staging / source.path.name, "rb+") as f:
+            os.fsync(f.fileno())
+        atomic.fsync_dir(staging)
+        if dst.exists():
+            dst.rmdir()  # empty (checked when resolving); rename cannot replace it portably
+        os.rename(staging, dst)
+        atomic.fsync_dir(dst.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress.finish()
+    result.written = [dst / s.name for s in shards.values()] + [dst / source.path.name]
+    result.status = "converted" if report.changed else "current"
+    result.verified = True
+    return result
+
+
+class _Opened:
+    def __init__(self, index_path: Path, trust_pickle: bool) -> None:
+        self.index, self.weight_map = read_index(index_path)
+        self.shards = open_shards(index_path, self.weight_map, trust_pickle)
+        owner = {key: self.shards[name] for key, name in self.weight_map.items()}
+        self._access = _MultiAccess(owner)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    @property
+    def access(self) -> Access:
+        return self._access
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self._access.tensor(key)
+
+    def close(self) -> None:
+        for shard in self.shards.values():
+            if shard.st is not None:
+                shard.st.close()
+
+
+class ShardedFormat:
+    """A directory holding one ``*.index.json``, or that index file itself."""
+
+    name = "sharded"
+
+    def detect(self, path: Path) -> Path | None:
+        if path.is_dir():
+            indexes = sorted(path.glob("*.index.json"))
+            if len(indexes) != 1:
+                found = ", ".join(p.name for p in indexes) or "none"
+                raise UsageError(
+                    f"{path}: a directory source must hold exactly one Hugging Face *.index.json "
+                    f"(found: {found}); pass the index file or a single checkpoint file instead"
+                )
+            return indexes[0]
+        return path if path.name.endswith(".index.json") else None
+
+    def open(self, path: Path, *, trust_pickle: bool) -> _Opened:
+        return _Opened(path, trust_pickle)
+
+    def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
+        opened = _Opened(path, trust_pickle)
+        try:
+            merged = {key: opened.tensor(key) for key in opened.keys}
+        finally:
+            opened.close()
+        return upgrade_state_dict(merged, output_dtypes=output_dtypes)
+
+    def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
+        return convert(req, source, dst)
+
+
+FORMAT = ShardedFormat()

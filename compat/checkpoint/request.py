@@ -1,0 +1,136 @@
+"""What the offline converter is asked to do, and what it reports back."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compat.checkpoint.progress import Progress
+from compat.checkpoint.upgrade import UpgradeReport
+
+PROGRESS_MIN_BYTES = 256 * 2**20
+
+
+class UsageError(ValueError):
+    """The arguments do not make sense together (CLI exit code 2)."""
+
+
+@dataclass
+class Request:
+    src: Path
+    dst: Path | None = None
+    dry_run: bool = False
+    in_place: bool = False
+    trust_pickle: bool = False
+    output_dtypes: object = None
+    progress: str = "auto"  # auto | always | never
+
+
+@dataclass
+class Result:
+    source: Path
+    destination: Path | None
+    kind: str
+    status: str  # converted | current | would-convert | up-to-date
+    reports: list[tuple[str, UpgradeReport]]
+    written: list[Path] = field(default_factory=list)
+    backups: list[Path] = field(default_factory=list)
+    verified: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source),
+            "destination": None if self.destination is None else str(self.destination),
+            "kind": self.kind,
+            "status": self.status,
+            "changed": any(r.changed for _, r in self.reports),
+            "verified": self.verified,
+            "written": [str(p) for p in self.written],
+            "backups": [str(p) for p in self.backups],
+            "notes": self.notes,
+            "state_dicts": [{"location": loc or None, **r.to_dict()} for loc, r in self.reports],
+        }
+
+    def __str__(self) -> str:
+        lines = []
+        for loc, report in self.reports:
+            if loc:
+                lines.append(f"state_dict {loc}:")
+            lines.append(str(report))
+        lines.extend(f"note: {n}" for n in self.notes)
+        verb = {
+            "converted": f"converted: wrote {self.destination} (verified)",
+            "current": "already current: nothing to change"
+            + (f"; copied to {self.destination} (verified)" if self.written else ""),
+            "would-convert": "dry run: would convert (nothing written)",
+            "up-to-date": "dry run: already current (nothing written)",
+        }[self.status]
+        if self.backups:
+            verb += f"; backup: {', '.join(map(str, self.backups))}"
+        lines.append(verb)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # torch | safetensors | sharded
+    path: Path  # the file (the index file for sharded checkpoints)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def resolve_destination(req: Request, source: Source) -> Path | None:
+    if req.in_place and req.dst is not None:
+        raise UsageError("give either DST or --in-place, not both")
+    if req.in_place and req.dry_run:
+        raise UsageError("--dry-run writes nothing; it cannot be combined with --in-place")
+    if req.dst is None:
+        if req.in_place:
+            return source.path.parent if source.kind == "sharded" else source.path
+        if req.dry_run:
+            return None
+        raise UsageError("give DST, --in-place or --dry-run")
+    dst = req.dst
+    if source.kind == "sharded":
+        if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+            raise UsageError(
+                f"{dst}: the destination of a sharded checkpoint must be a new or empty directory"
+            )
+        if same_file(dst, source.path.parent):
+            raise UsageError("DST is the source directory; use --in-place")
+        if not dst.parent.is_dir():
+            raise UsageError(f"{dst.parent}: no such directory")
+        return dst
+    if dst.is_dir():
+        dst = dst / source.path.name
+    if not dst.parent.is_dir():
+        raise UsageError(f"{dst.parent}: no such directory")
+    if same_file(dst, source.path):
+        raise UsageError("DST is the source file; use --in-place to replace it (keeping SRC.bak)")
+    st_out = dst.name.endswith(".safetensors")
+    if st_out != (source.kind == "safetensors"):
+        raise UsageError(
+            f"{dst}: the output keeps the source's format ({source.kind}); format conversion is "
+            "not supported, so name DST "
+            f"{'*.safetensors' if source.kind == 'safetensors' else 'not *.safetensors'}"
+        )
+    return dst
+
+
+def progress_for(req: Request, total: int, many: bool) -> Progress:
+    if req.progress == "always":
+        enabled = True
+    elif req.progress == "never":
+        enabled = False
+    else:
+        enabled = sys.stderr.isatty() and (many or total >= PROGRESS_MIN_BYTES)
+    return Progress(total, enabled=enabled)
