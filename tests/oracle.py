@@ -1,4 +1,4 @@
-"""Independent numpy oracle of spec §1 and §6 (npu_trans_quant_param, npu_quant_matmul).
+"""Independent numpy oracle of docs/ops.md §1 and §6 (npu_trans_quant_param, npu_quant_matmul).
 
 It shares no code with :mod:`compat`: bit manipulation is done on numpy uint32/uint64
 views, the accumulator in int64, and the float arithmetic in float32 like the hardware
@@ -17,7 +17,7 @@ def f32_bits(x: np.ndarray) -> np.ndarray:
 
 
 def encode_scalar(scale: float, offset: float | None = None, round_mode: int = 0) -> int:
-    """The spec §1.4 pseudo-code, one element, Python ints."""
+    """The docs/ops.md §1.4 pseudo-code, one element, Python ints."""
     u = int(np.asarray(scale, dtype=np.float32).view(np.uint32))
     if round_mode == 0:
         s19 = u & 0xFFFFE000

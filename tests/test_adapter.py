@@ -325,7 +325,7 @@ def test_keyword_in_and_out_features() -> None:
     assert (m.in_features, m.out_features, m.bias) == (K, N, None)
 
 
-# --- forward validation of variant A8 (spec §3.3) ---------------------------------------
+# --- forward validation of variant A8 (docs/ops.md §3.3) ---------------------------------------
 
 
 def _ready(**kwargs: Any) -> tuple[LinearA8W8Quant, torch.Tensor]:

@@ -25,7 +25,7 @@ N, K = 8, 16
 
 
 def encode_np(scale: np.ndarray, offset: np.ndarray | None = None) -> torch.Tensor:
-    """Independent spec §1.4 encoding (numpy), so tests do not trust compat's encoder."""
+    """Independent docs/ops.md §1.4 encoding (numpy), so tests do not trust compat's encoder."""
     bits = np.asarray(scale, dtype=np.float32).view(np.uint32).astype(np.uint64)
     q = (bits & np.uint64(0xFFFFE000)) | np.uint64(1 << 46)
     if offset is not None:
@@ -221,7 +221,7 @@ def test_legal_checkpoints_are_adopted_exactly(
 
 
 def test_the_upstream_failure_modes_do_not_happen() -> None:
-    """Each silent corruption of plain load_state_dict (spec §3.4), on compat's module."""
+    """Each silent corruption of plain load_state_dict (docs/ops.md §3.4), on compat's module."""
     m = model(output_dtype=BF16)
     q = encode_np(scale().numpy())
     bias = torch.tensor([1.703125, -2.703125, 3.5, 0, 0, 0, 0, 0]).to(BF16)
@@ -340,7 +340,7 @@ ERROR_CASES: list[tuple[str, dict[str, Any], dict[str, torch.Tensor], list[str]]
         ["'body.0.fc.scale'", "offset 7", "output_dtype=torch.bfloat16"],
     ),
     # an int32 (A4W4) weight: quant_matmul takes it for float16 output, or bfloat16 output
-    # with pertoken_scale (spec §2.5, §2.7), never for int8/int32 output
+    # with pertoken_scale (docs/ops.md §2.5, §2.7), never for int8/int32 output
     (
         "A4W4 weight for int8 output",
         {},
@@ -366,7 +366,7 @@ ERROR_CASES: list[tuple[str, dict[str, Any], dict[str, torch.Tensor], list[str]]
         dict(weight=weight().to(I32)),
         ["'body.0.fc.weight'", "torch.int32", "for output_dtype=torch.bfloat16", "A4W4"],
     ),
-    # an offset exists only for int8 output (spec §2.5; CANN rejects it for float16 output)
+    # an offset exists only for int8 output (docs/ops.md §2.5; CANN rejects it for float16 output)
     (
         "offset for fp16 output",
         dict(offset=True, output_dtype=F16),

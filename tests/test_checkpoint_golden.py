@@ -141,7 +141,7 @@ def test_make_golden_reproduces_the_committed_files() -> None:
 
 
 def test_plain_torch_load_state_dict_corrupts_golden_f2() -> None:
-    """The problem being solved (spec §3.4): a module with upstream's float32 parameter
+    """The problem being solved (docs/ops.md §3.4): a module with upstream's float32 parameter
     silently turns the int64 quant param into a float of the integer."""
     sd = read_any(DATA / "f2_torchair.pt")
     upstream_like = nn.Module()
@@ -215,7 +215,7 @@ def test_f2_int64_kept_where_legal_and_decoded_where_a_float_scale_is_needed() -
     for prefix in ("blocks.1.mlp", "blocks.1.gate"):  # bfloat16 output / pertoken
         scale = model.get_submodule(prefix).scale
         assert scale.dtype == torch.float32
-        # exact decoding: the float32 bits are the param's bits 13-31 (spec §1.5)
+        # exact decoding: the float32 bits are the param's bits 13-31 (docs/ops.md §1.5)
         raw = read_any(DATA / "f2_torchair.pt")[f"{prefix}.scale"]
         assert torch.equal(scale.view(torch.int32).to(torch.int64) & 0xFFFFFFFF, raw & 0xFFFFE000)
     assert set(FILES["f2_torchair.pt"]["decoded"]) == {"blocks.1.mlp.scale", "blocks.1.gate.scale"}

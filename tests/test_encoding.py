@@ -1,4 +1,4 @@
-"""trans_quant_param / decode_quant_param: spec §1 worked examples, properties, errors."""
+"""trans_quant_param / decode_quant_param: docs/ops.md §1 worked examples, properties, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import compat
 
-# spec §1.6, one row per line: scale, offset, round_mode, int64, decoded scale, decoded offset
+# docs/ops.md §1.6, one row per line: scale, offset, round_mode, int64, decoded scale, decoded offset
 WORKED = [
     (0.1, None, 0, 70369781006336, 0.0999755859375, 0),
     (0.1, None, 1, 70369781006336, 0.0999755859375, 0),

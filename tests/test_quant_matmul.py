@@ -1,4 +1,4 @@
-"""compat.quant_matmul against the independent numpy oracle (spec §2, §6, §7)."""
+"""compat.quant_matmul against the independent numpy oracle (docs/ops.md §2, §6, §7)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _pair(acc_target: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x1, x2
 
 
-# ---------------------------------------------------------------- spec §6 / §7 examples
+# ---------------------------------------------------------------- docs/ops.md §6 / §7 examples
 def test_two_stage_saturation_example() -> None:
     x1, x2 = _pair(1000)
     q = compat.trans_quant_param(_one(1.0), _one(-200.0))

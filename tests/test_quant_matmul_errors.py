@@ -51,7 +51,7 @@ CASES = [
         ValueError,
         ["'output_dtype'", "torch.uint8"],
     ),
-    # dtype table (spec §2.5)
+    # dtype table (docs/ops.md §2.5)
     (
         dict(x1=x1(), x2=x2(), scale=S.to(F16)),
         TypeError,
@@ -123,7 +123,7 @@ CASES = [
         TypeError,
         ["'scale'", "torch.int64", "pertoken_scale"],
     ),
-    # shapes (spec §2.6)
+    # shapes (docs/ops.md §2.6)
     (dict(x1=torch.zeros(4, dtype=I8), x2=x2(), scale=S), ValueError, ["'x1'", "1 dims", "2 to 6"]),
     (
         dict(x1=torch.zeros(1, 1, 1, 1, 1, 2, 4, dtype=I8), x2=x2(), scale=S),

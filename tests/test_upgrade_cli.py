@@ -527,7 +527,7 @@ def test_safetensors_decoded_scale_is_checked_against_the_documented_form(
     layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Verification re-reads each decoded scale and its source and checks the documented
-    transformation (float32 bits = param & 0xFFFFE000, spec §1.5), not only that the file
+    transformation (float32 bits = param & 0xFFFFE000, docs/ops.md §1.5), not only that the file
     holds the bytes the converter meant to write: a wrong decoder is caught."""
     from safetensors.torch import save_file
 

@@ -23,7 +23,7 @@ _LAYERS = [
 
 
 def _decode(q: int) -> tuple[float, int]:
-    """spec §1.5 on one Python int, independent of compat: fp19 scale and 9-bit offset."""
+    """docs/ops.md §1.5 on one Python int, independent of compat: fp19 scale and 9-bit offset."""
     scale = struct.unpack("<f", struct.pack("<I", q & 0xFFFFE000))[0]
     o9 = (q >> 37) & 0x1FF
     return scale, o9 - 512 if o9 >= 256 else o9

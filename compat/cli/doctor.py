@@ -83,7 +83,8 @@ def _devices(torch: Any, npu_ok: bool) -> dict[str, int]:
 
 
 def _self_check(torch: Any) -> str | None:
-    """Run one tiny quant_matmul on the CPU reference (spec §6 example: 1000·1 - 200 -> 55)."""
+    """Run one tiny quant_matmul on the CPU reference (docs/ops.md §6 example:
+    1000·1 - 200 -> 55)."""
     from compat import quant_matmul, trans_quant_param
 
     x1 = torch.tensor([[100, 10]], dtype=torch.int8)

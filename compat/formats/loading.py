@@ -1,7 +1,7 @@
 """``LinearQuant._load_from_state_dict``: dtype-safe loading with automatic upgrade.
 
 PyTorch's default loader copies a checkpoint tensor into the existing parameter, so the
-*module's* dtype and shape win (spec §3.4): an int64 scale becomes a float of the integer,
+*module's* dtype and shape win (docs/ops.md §3.4): an int64 scale becomes a float of the integer,
 a float bias is truncated, a ``(1,)`` scale is a size mismatch. Here the checkpoint's
 entries are first judged and upgraded by :mod:`compat.formats.rules` (the same rules
 as :func:`compat.upgrade_state_dict`, but knowing the module's output dtype, pertoken

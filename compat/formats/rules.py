@@ -8,10 +8,10 @@ safetensors, so it is never trusted. Formats (docs/checkpoints.md):
 * F1 plain upstream state_dict (float scale); current, nothing to change. Reported only
   for a group in which no legacy format (F2-F4) was found.
 * F2 torchair ``use_internal_format_weight``: int64 scale with the offset folded in (spec
-  §4). Kept where the output dtype accepts int64, decoded exactly (spec §1.5) where a
+  §4). Kept where the output dtype accepts int64, decoded exactly (docs/ops.md §1.5) where a
   float scale is needed (bfloat16/int32 output, pertoken).
 * F3 per-tensor scale/offset of shape ``(1,)``; legal as is.
-* F4 re-saved after a plain load into upstream's float32 parameters (spec §3.4): a float
+* F4 re-saved after a plain load into upstream's float32 parameters (docs/ops.md §3.4): a float
   weight holding integers is restored to int8 once every value is checked; a float
   scale in ``[2**46, 2**47]`` is a destroyed int64 quant param and is refused.
 
@@ -545,7 +545,7 @@ def _plan_scale(
             DECODE,
             Spec(_F32, spec.shape),
             "int64 quant param (torchair, F2) decoded exactly to its float32 scale (bits 13-31, "
-            f"spec §1.5; the folded offset is 0): {why} needs a float scale",
+            f"docs/ops.md §1.5; the folded offset is 0): {why} needs a float scale",
         )
         return
     legal = _dtypes(row["scale"]) if row is not None else LEGAL["scale"]

@@ -1,6 +1,6 @@
 """``compat.LinearA8W8Quant``: torch_npu's deprecated class, as a subclass of ``LinearQuant``.
 
-Every constructor form that torch_npu ever shipped or had on master (spec §3.1) is
+Every constructor form that torch_npu ever shipped or had on master (docs/ops.md §3.1) is
 accepted:
 
 * A1-A4, positional: ``LinearA8W8Quant(in_features, out_features, bias=True, offset=False,
@@ -13,7 +13,7 @@ Old semantics are mapped explicitly: ``output_dtype=None`` (and the strings olde
 versions took) become a ``torch.dtype``, ``None`` being pinned to ``torch.int8``;
 ``torch.int32`` output stays rejected as in every released LinearA8W8Quant; ``dtype`` is
 accepted and ignored as upstream always did; ``device`` is honoured. The forward-time
-dtype validation of variant A8 (spec §3.3) is kept.
+dtype validation of variant A8 (docs/ops.md §3.3) is kept.
 
 Each construction warns :class:`compat.LinearA8W8QuantDeprecationWarning` at the
 caller's line with the equivalent ``LinearQuant`` call, which
@@ -295,7 +295,7 @@ class LinearA8W8Quant(LinearQuant):
             raise a8 from err
 
     def _a8_error(self, x: object) -> Exception | None:
-        """The error of variant A8's forward checks (spec §3.3, in its order), if any."""
+        """The error of variant A8's forward checks (docs/ops.md §3.3, in its order), if any."""
         name = type(self).__name__
         weight = self.weight
         if not isinstance(x, torch.Tensor):

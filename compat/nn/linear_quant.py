@@ -1,4 +1,4 @@
-"""``compat.LinearQuant``: torch_npu's ``LinearQuant`` (variant L3, spec §3) on any device.
+"""``compat.LinearQuant``: torch_npu's ``LinearQuant`` (variant L3, docs/ops.md §3) on any device.
 
 Same constructor, attributes, state_dict keys and forward as upstream, with two fixes:
 parameters are created with their natural dtypes (weight int8, scale and offset float32,

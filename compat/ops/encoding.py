@@ -1,4 +1,4 @@
-"""``npu_trans_quant_param`` encoding and its inverse (spec §1).
+"""``npu_trans_quant_param`` encoding and its inverse (docs/ops.md §1).
 
 Each int64 quant param holds, from the low bits up: 13 zero bits, the top 19 bits of the
 float32 scale left in place (bits 13-31), 5 zero bits, a 9-bit two's complement offset

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of ``npu_quant_matmul`` (spec §2.3 and §6).
+"""Pure-PyTorch reference of ``npu_quant_matmul`` (docs/ops.md §2.3 and §6).
 
 Device-agnostic, meta-friendly and free of data-dependent control flow, so that
 ``torch.compile(fullgraph=True)`` traces it without graph breaks. Inputs are assumed
@@ -35,7 +35,7 @@ def accumulate(
 
 def _wrapping_add_int32_(acc: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``acc += bias`` in place, with int32 two's complement wrap-around (the vendor
-    golden wraps; the hardware behaviour on overflow is UNCONFIRMED, spec §2.4).
+    golden wraps; the hardware behaviour on overflow is UNCONFIRMED, docs/ops.md §2.4).
 
     No int64 temporary of the accumulator's size and no int32 overflow: |acc| < 2**30
     (at most 128 * 128 * 65535 for A8W8, less for A4W4), so each bias value is first
@@ -72,10 +72,10 @@ def effective_scale(
     output_dtype: torch.dtype,
     has_pertoken: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The float32 scale and integer offset the hardware applies (spec §2.2).
+    """The float32 scale and integer offset the hardware applies (docs/ops.md §2.2).
 
     * int64 scale: decoded; the offset comes from bits 37-45 and a separate ``offset``
-      tensor is ignored (the A2/A3 kernel never reads it; UNCONFIRMED, spec §2.2).
+      tensor is ignored (the A2/A3 kernel never reads it; UNCONFIRMED, docs/ops.md §2.2).
     * float32 scale, no pertoken, int8/float16 output: op-plugin encodes it first with
       ``npu_trans_quant_param`` (round mode 0), i.e. fp19 truncation and the offset
       rounded half-to-even and saturated to 9 bits; modelled as encode-then-decode.
@@ -104,7 +104,7 @@ def reference_quant_matmul(
     scheme: Scheme = A8W8,
     x2_transposed: bool = False,
 ) -> torch.Tensor:
-    """Compute ``npu_quant_matmul`` exactly as spec §6 describes."""
+    """Compute ``npu_quant_matmul`` exactly as docs/ops.md §6 describes."""
     acc = accumulate(x1, x2, scheme=scheme, x2_transposed=x2_transposed)  # a fresh tensor
     int_bias = bias is not None and bias.dtype == torch.int32
     if int_bias:
@@ -127,8 +127,8 @@ def reference_quant_matmul(
         # A float -> integer cast of NaN or of an out-of-range value is undefined in C++
         # (scalar and SIMD paths differ), so every value is made finite and in range first.
         # NaN (a NaN scale, pertoken scale or float bias; CANN forbids NaN scales, spec
-        # §2.1, and the hardware result is UNCONFIRMED) is defined here as 0.
-        t = torch.round(y).nan_to_num_(nan=0.0).clamp_(-256, 255)  # 9-bit stage (§2.4)
+        # docs/ops.md §2.1, and the hardware result is UNCONFIRMED) is defined here as 0.
+        t = torch.round(y).nan_to_num_(nan=0.0).clamp_(-256, 255)  # 9-bit stage (docs/ops.md §2.4)
         if off is not None:
             t.add_(off)
         return t.clamp_(-128, 127).to(torch.int8)

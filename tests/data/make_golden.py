@@ -4,8 +4,8 @@
     python tests/data/make_golden.py --check    # regenerate in a temp dir, compare
 
 It deliberately does not import ``compat``: checkpoints are built the way upstream and
-torchair build them (spec §3.4, §4) with torch and numpy only, and the expected outputs
-come from the numpy oracle below, a re-derivation of spec §1.4/§1.5 (encoding) and §6
+torchair build them (docs/ops.md §3.4, §4) with torch and numpy only, and the expected outputs
+come from the numpy oracle below, a re-derivation of docs/ops.md §1.4/§1.5 (encoding) and §6
 (the quant matmul formula). The oracle computes in float32 like the hardware
 (``oracle_hw``, the bit-exact expectation) and in float64 (``oracle_ideal``); every
 output is cross-checked between the two before anything is written.
@@ -109,7 +109,7 @@ def _fold_offset(q: np.ndarray, rounded: np.ndarray) -> np.ndarray:
 
 
 def encode(scale: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
-    """npu_trans_quant_param, round mode 0 (spec §1.4): scale bits & 0xFFFFE000, offset
+    """npu_trans_quant_param, round mode 0 (docs/ops.md §1.4): scale bits & 0xFFFFE000, offset
     rounded half to even (numpy rint)."""
     s, o = _operands(scale, offset)
     q = (f32_bits(s) & np.uint64(0xFFFFE000)) | np.uint64(1 << 46)
@@ -118,7 +118,7 @@ def encode(scale: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
 
 def encode_v1(scale: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
     """The host encoder aclnnTransQuantParam (V1): low 13 bits kept, offset rounded half
-    away from zero (C round), spec §1.4."""
+    away from zero (C round), docs/ops.md §1.4."""
     s, o = _operands(scale, offset)
     q = f32_bits(s) | np.uint64(1 << 46)
     return (q if o is None else _fold_offset(q, np.sign(o) * np.floor(np.abs(o) + 0.5))).astype(
@@ -127,7 +127,7 @@ def encode_v1(scale: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
 
 
 def decode(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """spec §1.5: float32 scale from bits 13-31, signed 9-bit offset from bits 37-45."""
+    """docs/ops.md §1.5: float32 scale from bits 13-31, signed 9-bit offset from bits 37-45."""
     u = np.asarray(q, dtype=np.int64).view(np.uint64)
     assert np.all((u >> np.uint64(46)) == 1), "not an encoded quant param"
     scale = (u & np.uint64(0xFFFFE000)).astype(np.uint32).view(np.float32)
@@ -136,7 +136,7 @@ def decode(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def effective_scale(p: dict[str, Any], out: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The float32 scale and integer offset the hardware applies (spec §2.2, §6)."""
+    """The float32 scale and integer offset the hardware applies (docs/ops.md §2.2, §6)."""
     scale = p["scale"]
     if scale.dtype == np.int64:
         s, off = decode(scale)
@@ -165,7 +165,7 @@ def _acc(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
 def _before_rounding(
     p: dict[str, Any], x: np.ndarray, out: str, ft: type
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``y`` of spec §6 in float type ``ft`` (the accumulator itself for int32 output)."""
+    """``y`` of docs/ops.md §6 in float type ``ft`` (the accumulator itself for int32 output)."""
     bias = p["bias"]
     acc = _acc(x, p["weight"], bias)
     if out == "int32":
@@ -180,7 +180,7 @@ def _before_rounding(
 
 
 def oracle_hw(p: dict[str, Any], x: np.ndarray, out: str) -> np.ndarray:
-    """spec §6 in float32 like the hardware; float outputs as raw bit patterns."""
+    """docs/ops.md §6 in float32 like the hardware; float outputs as raw bit patterns."""
     y, off = _before_rounding(p, x, out, np.float32)
     if out == "int32":
         return y.astype(np.int32)
@@ -311,7 +311,7 @@ def numeric(
 def torchair(
     sd: dict[str, torch.Tensor], prefixes: list[str], encoder: Any = encode
 ) -> dict[str, torch.Tensor]:
-    """use_internal_format_weight on LinearA8W8Quant modules (spec §4): scale := int64."""
+    """use_internal_format_weight on LinearA8W8Quant modules (docs/ops.md §4): scale := int64."""
     out = dict(sd)
     for prefix in prefixes:
         offset = sd.get(f"{prefix}.offset")
@@ -322,7 +322,7 @@ def torchair(
 
 def plain_load_into_upstream(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What upstream's float32 weight/scale and int32 bias parameters make of a state_dict
-    on a plain load_state_dict (copy_ into the module's dtype, spec §3.4)."""
+    on a plain load_state_dict (copy_ into the module's dtype, docs/ops.md §3.4)."""
     out = {}
     for key, value in sd.items():
         name = key.rsplit(".", 1)[1]

@@ -1,4 +1,4 @@
-"""Stand-in for upstream LinearQuant (variant L3 of spec §3): float32 placeholders,
+"""Stand-in for upstream LinearQuant (variant L3 of docs/ops.md §3): float32 placeholders,
 ``device``/``dtype`` ignored, fp32 scale encoded on every forward."""
 
 import torch

@@ -1,4 +1,4 @@
-"""Stand-in for upstream LinearA8W8Quant (variant A9 of spec §3): a copy of LinearQuant,
+"""Stand-in for upstream LinearA8W8Quant (variant A9 of docs/ops.md §3): a copy of LinearQuant,
 not a subclass, warning FutureWarning without stacklevel.
 
 Imported as ``torch_npu.contrib.module.linear_a8w8_quant``: the ``legacy`` variant adds
