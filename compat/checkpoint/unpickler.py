@@ -15,12 +15,14 @@ import types
 from pathlib import Path
 from typing import Any
 
-UPSTREAM_PACKAGE = "torch_npu.contrib.module"
+from compat import upstream
+
+UPSTREAM_PACKAGE = upstream.MODULE
 
 # upstream class name -> (compat module, class name)
 REDIRECTS: dict[str, tuple[str, str]] = {
-    "LinearA8W8Quant": ("compat.nn.linear_a8w8_quant", "LinearA8W8Quant"),
-    "LinearQuant": ("compat.nn.linear_quant", "LinearQuant"),
+    upstream.LEGACY_CLASS: (upstream.COMPAT_LEGACY_MODULE, upstream.LEGACY_CLASS),
+    upstream.REPLACEMENT_CLASS: (upstream.COMPAT_REPLACEMENT_MODULE, upstream.REPLACEMENT_CLASS),
 }
 
 # modules whose globals in a checkpoint mean code execution, not a model class

@@ -85,6 +85,7 @@ def _output_dtypes(values: list[str]) -> Any:
             raise ValueError(
                 f"--output-dtype {value!r}: unknown dtype {name!r}; allowed: {allowed}"
             ) from None
+        assert dtype is not None  # a string never parses to None
         if "=" in value:
             per[module] = dtype
         elif default is not None:

@@ -491,12 +491,7 @@ def _context(out: torch.dtype | None, row: object, pertoken: bool) -> str:
     return f"for output_dtype={dtype_name(out)}" + (" with pertoken_scale" if pertoken else "")
 
 
-def _plan_scale(
-    g: _Group,
-    n: int | None,
-    row: Row | None,
-    pertoken: bool,
-) -> None:
+def _plan_scale(g: _Group, n: int | None, row: Row | None, pertoken: bool) -> None:
     spec = g.specs.get("scale")
     if spec is None:
         return
@@ -575,12 +570,7 @@ def _plan_scale(
         g.keep("scale")
 
 
-def _plan_offset(
-    g: _Group,
-    n: int | None,
-    row: Row | None,
-    pertoken: bool,
-) -> None:
+def _plan_offset(g: _Group, n: int | None, row: Row | None, pertoken: bool) -> None:
     if "offset" not in g.specs:
         return
     g.check_vector("offset", n, per_tensor=True)
@@ -622,12 +612,7 @@ def _plan_offset(
         )
 
 
-def _plan_bias(
-    g: _Group,
-    n: int | None,
-    row: Row | None,
-    pertoken: bool,
-) -> None:
+def _plan_bias(g: _Group, n: int | None, row: Row | None, pertoken: bool) -> None:
     if "bias" not in g.specs:
         return
     g.check_vector("bias", n, per_tensor=False)

@@ -7,17 +7,18 @@ import sys
 
 from torch import nn
 
+from compat import upstream
 from compat.ops import backend
 
 
 def upstream_class(name: str) -> type[nn.Module] | None:
     """``torch_npu.contrib.module.<name>`` if torch_npu imports and provides it."""
-    module = sys.modules.get("torch_npu.contrib.module")
+    module = sys.modules.get(upstream.MODULE)
     if module is None:
         if not backend.npu_status().available:
             return None
         try:
-            module = importlib.import_module("torch_npu.contrib.module")
+            module = importlib.import_module(upstream.MODULE)
         except Exception:
             return None
     cls = getattr(module, name, None)

@@ -22,7 +22,7 @@ caller's line with the equivalent ``LinearQuant`` call, which
 
 from __future__ import annotations
 
-from typing import Any, Final, overload
+from typing import TYPE_CHECKING, Any, Final
 
 import torch
 from torch import nn
@@ -183,33 +183,22 @@ class LinearA8W8Quant(LinearQuant):
     dtype and the dtypes allowed).
     """
 
-    @overload
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        offset: bool = False,
-        device: torch.device | str | int | None = None,
-        dtype: torch.dtype | None = None,
-        output_dtype: torch.dtype | str | None = None,
-    ) -> None: ...
+    if TYPE_CHECKING:  # what type checkers see: every legacy form (docs/migration.md)
 
-    @overload
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        bias: bool = True,
-        offset: bool = False,
-        pertoken_scale: bool = False,
-        device: torch.device | str | int | None = None,
-        dtype: torch.dtype | None = None,
-        output_dtype: torch.dtype | str | None = None,
-    ) -> None: ...
+        def __init__(
+            self,
+            in_features: int,
+            out_features: int,
+            bias: bool = True,
+            offset: bool = False,
+            device: torch.device | str | int | None = None,
+            dtype: torch.dtype | None = None,
+            output_dtype: torch.dtype | str | None = None,
+            *,
+            pertoken_scale: bool = False,
+        ) -> None: ...
 
-    def __init__(
+    def __init__(  # type: ignore[no-redef]  # the runtime signature behind the one above
         self,
         in_features: int,
         out_features: int,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from compat import upstream
 from compat.formats.loading import FORMAT_VERSION, load_linear_quant_state
 from compat.nn import _scale_cache
 from compat.nn._upstream import upstream_class
@@ -27,7 +28,7 @@ from compat.ops.schemes import pairs_text
 if TYPE_CHECKING:
     _Base = nn.Module
 else:
-    _Base = upstream_class("LinearQuant") or nn.Module
+    _Base = upstream_class(upstream.REPLACEMENT_CLASS) or nn.Module
 
 _INPUT_PAIRS = ((torch.int8, torch.int8), (torch.int32, torch.int32))
 

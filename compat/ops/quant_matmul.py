@@ -231,21 +231,18 @@ def _check_devices(x1: torch.Tensor, others: dict[str, torch.Tensor | None]) -> 
             )
 
 
-def plan(
+def _plan(
     x1: torch.Tensor,
     x2: torch.Tensor,
     scale: torch.Tensor,
-    *,
-    offset: torch.Tensor | None = None,
-    pertoken_scale: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    output_dtype: torch.dtype | None = None,
+    optional: dict[str, torch.Tensor | None],
+    output_dtype: object,
 ) -> _Plan:
-    """Validate the arguments of :func:`quant_matmul`; raise on anything illegal."""
+    """Validate the arguments of :func:`quant_matmul` (``optional``: offset,
+    pertoken_scale, bias); raise on anything illegal."""
     require_tensor(_FUNC, "x1", x1)
     require_tensor(_FUNC, "x2", x2)
     require_tensor(_FUNC, "scale", scale)
-    optional = {"offset": offset, "pertoken_scale": pertoken_scale, "bias": bias}
     for name, t in optional.items():
         if t is not None:
             require_tensor(_FUNC, name, t)
@@ -255,6 +252,7 @@ def plan(
     _check_devices(x1, {"x2": x2, **tensors})
     scheme = _check_dtypes(x1, x2, tensors, out)
     transposed = _check_shapes(x1, x2, tensors, scheme)
+    offset = optional["offset"]
     if offset is not None and scale.dtype == _F32:
         # the offset is folded into the quant param: NaN has no 9-bit value
         require_no_nan(_FUNC, "offset", offset, "the offset must be a number")
@@ -279,24 +277,15 @@ def quant_matmul(
     output dtype defaults to int8. On NPU tensors the call is delegated to torch_npu;
     everywhere else the bit-faithful reference in :mod:`compat.ops.reference` runs.
     """
-    p = plan(
-        x1,
-        x2,
-        scale,
-        offset=offset,
-        pertoken_scale=pertoken_scale,
-        bias=bias,
-        output_dtype=output_dtype,
-    )
+    optional = {"offset": offset, "pertoken_scale": pertoken_scale, "bias": bias}
+    p = _plan(x1, x2, scale, optional, output_dtype)
     if backend.is_npu(x1) and backend.npu_status().available:
-        return _npu_quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, output_dtype)
+        return _npu_quant_matmul(x1, x2, scale, optional, output_dtype)
     return reference_quant_matmul(
         x1,
         x2,
         scale,
-        offset=offset,
-        pertoken_scale=pertoken_scale,
-        bias=bias,
+        **optional,
         output_dtype=p.output_dtype,
         scheme=p.scheme,
         x2_transposed=p.x2_transposed,
@@ -307,9 +296,7 @@ def _npu_quant_matmul(
     x1: torch.Tensor,
     x2: torch.Tensor,
     scale: torch.Tensor,
-    offset: torch.Tensor | None,
-    pertoken_scale: torch.Tensor | None,
-    bias: torch.Tensor | None,
+    optional: dict[str, torch.Tensor | None],
     output_dtype: torch.dtype | None,
 ) -> torch.Tensor:
     status = backend.npu_status()
@@ -317,20 +304,15 @@ def _npu_quant_matmul(
     assert npu is not None
     if status.string_output_dtype:
         # torch 2.0 builds: (x1, x2, scale, offset, bias, str output_dtype), no pertoken.
-        if pertoken_scale is not None:
+        if optional["pertoken_scale"] is not None:
             raise NotImplementedError(
                 f"{_FUNC}: pertoken_scale needs torch_npu 2.1 or newer; installed: {status.version}"
             )
         dtype_str = None if output_dtype is None else str(output_dtype).removeprefix("torch.")
+        offset, bias = optional["offset"], optional["bias"]
         legacy: torch.Tensor = npu.npu_quant_matmul(x1, x2, scale, offset, bias, dtype_str)
         return legacy
     result: torch.Tensor = npu.npu_quant_matmul(
-        x1,
-        x2,
-        scale,
-        offset=offset,
-        pertoken_scale=pertoken_scale,
-        bias=bias,
-        output_dtype=output_dtype,
+        x1, x2, scale, **optional, output_dtype=output_dtype
     )
     return result

@@ -172,7 +172,7 @@ def _module_call(table: SymbolTable, call: ast.Call, scope: Scope) -> Site | Non
     if not func & {"importlib.import_module", "builtins.__import__"}:
         return None
     module = call.args[0]
-    assert isinstance(module, ast.Constant)
+    assert isinstance(module, ast.Constant) and isinstance(module.value, str)
     symbol = f"{module.value}.{TARGET}"
     message = f"{_spell(call)} imports the module of deprecated {symbol} by name"
     return Site("dynamic", call, symbol, message, scope, reason=DYNAMIC_REASON)

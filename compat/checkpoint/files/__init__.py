@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from compat.checkpoint.request import Request, Result, Source, UsageError
-from compat.checkpoint.upgrade import OutputDtypes
+from compat.checkpoint.upgrade import OutputDtypes, upgrade_state_dict
 from compat.formats.rules import Access
 
 
@@ -58,6 +58,15 @@ class FileFormat(Protocol):
     def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
         """Plan, write, verify and commit one conversion (DST None: a dry run)."""
         ...
+
+
+def load_opened(opened: Opened, output_dtypes: OutputDtypes) -> dict[str, Any]:
+    """Every tensor of ``opened`` in memory, upgraded; ``opened`` is closed."""
+    try:
+        state = {key: opened.access.tensor(key) for key in opened.keys}
+    finally:
+        opened.close()
+    return upgrade_state_dict(state, output_dtypes=output_dtypes)
 
 
 #: Formats in detection order; the last one (torch files) accepts any file. Filled at

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import torch
 
-from compat.checkpoint import atomic, commit, request
+from compat.checkpoint import atomic, commit, files, request
 from compat.checkpoint.files import torchfile
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Request, Result, Source
@@ -34,7 +34,6 @@ from compat.checkpoint.upgrade import (
     OutputDtypes,
     UpgradeReport,
     plan_state_dict,
-    upgrade_state_dict,
 )
 from compat.formats.errors import CheckpointError
 from compat.formats.rules import (
@@ -541,15 +540,10 @@ class SafetensorsFormat:
         return _Opened(path)
 
     def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
-        sf = SafetensorsFile(path)
-        try:
-            state = {name: sf.tensor(name) for name in sf.entries}
-        finally:
-            sf.close()
-        return upgrade_state_dict(state, output_dtypes=output_dtypes)
+        return files.load_opened(_Opened(path), output_dtypes)
 
     def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
         return convert(req, source, dst)
 
 
-FORMAT = SafetensorsFormat()
+FORMAT: SafetensorsFormat = SafetensorsFormat()

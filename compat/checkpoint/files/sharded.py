@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from compat.checkpoint import atomic, commit, request
+from compat.checkpoint import atomic, commit, files, request
 from compat.checkpoint.files import safetensors_file, torchfile
 from compat.checkpoint.files.safetensors_file import SafetensorsFile
 from compat.checkpoint.files.torchfile import Location
@@ -28,7 +28,6 @@ from compat.checkpoint.upgrade import (
     OutputDtypes,
     UpgradeReport,
     plan_state_dict,
-    upgrade_state_dict,
 )
 from compat.formats.errors import CheckpointError
 from compat.formats.rules import Access, DictAccess, GroupPlan, Spec
@@ -304,9 +303,6 @@ class _Opened:
     def access(self) -> Access:
         return self._access
 
-    def tensor(self, key: str) -> torch.Tensor:
-        return self._access.tensor(key)
-
     def close(self) -> None:
         for shard in self.shards.values():
             if shard.st is not None:
@@ -334,15 +330,10 @@ class ShardedFormat:
         return _Opened(path, trust_pickle)
 
     def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
-        opened = _Opened(path, trust_pickle)
-        try:
-            merged = {key: opened.tensor(key) for key in opened.keys}
-        finally:
-            opened.close()
-        return upgrade_state_dict(merged, output_dtypes=output_dtypes)
+        return files.load_opened(_Opened(path, trust_pickle), output_dtypes)
 
     def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
         return convert(req, source, dst)
 
 
-FORMAT = ShardedFormat()
+FORMAT: ShardedFormat = ShardedFormat()

@@ -617,4 +617,4 @@ class TorchFormat:
         return convert(req, source, dst)
 
 
-FORMAT = TorchFormat()
+FORMAT: TorchFormat = TorchFormat()
