@@ -272,9 +272,13 @@ def test_f3_and_f4_labels_in_the_converter_report(capsys: pytest.CaptureFixture[
         assert cli(["upgrade", str(DATA / name), "--dry-run", "--json"]) == 0
         groups = json.loads(capsys.readouterr().out)["state_dicts"][0]["groups"]
         assert [g["formats"] for g in groups] == [[label]] * len(FILES[name]["layers"])
-        assert cli(["upgrade", str(DATA / name), "--dry-run"]) == 0
+        assert cli(["upgrade", str(DATA / name), "--dry-run", "-v"]) == 0
         out = capsys.readouterr().out
         assert f"blocks.0.attn.q [{label}]" in out and "F1" not in out
+        assert cli(["upgrade", str(DATA / name), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        layers = len(FILES[name]["layers"])
+        assert f"{layers} layers [{label}]:" in out and "F1" not in out
 
 
 def test_f4_float_weights_are_restored_to_int8() -> None:

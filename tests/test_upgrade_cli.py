@@ -116,9 +116,12 @@ def test_dry_run_reports_and_writes_nothing(
 ) -> None:
     src = tmp_path / "src.pt"
     torch.save(f4_state(), src)
-    assert cli(["upgrade", str(src), "--dry-run"]) == 0
+    assert cli(["upgrade", str(src), "--dry-run", "-v"]) == 0
     out = capsys.readouterr().out
     assert "fc [F4]" in out and "restored" in out and "dry run: would convert" in out
+    assert cli(["upgrade", str(src), "--dry-run"]) == 0  # default: the summary
+    out = capsys.readouterr().out
+    assert "1 layer [F4]: weight float32 -> int8 restored" in out and "fc [F4]" not in out
     assert cli(["upgrade", str(src), str(tmp_path / "o.pt"), "--dry-run", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (

@@ -8,12 +8,17 @@ from typing import Any
 
 from compat.checkpoint import files
 from compat.checkpoint.request import UsageError
+from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import OutputDtypes
 from compat.formats.errors import CheckpointError
 
 
 def load_legacy(
-    path: str | os.PathLike[str], *, trust_pickle: bool = False, output_dtypes: OutputDtypes = None
+    path: str | os.PathLike[str],
+    *,
+    trust_pickle: bool = False,
+    output_dtypes: OutputDtypes = None,
+    classes: Classes | None = None,
 ) -> dict[str, Any]:
     """Load a legacy checkpoint and return its upgraded state_dict.
 
@@ -27,6 +32,10 @@ def load_legacy(
     returned. A torch file holding a dict of state_dicts (e.g. ``{"state_dict": ...,
     "epoch": 3}``) comes back as that dict with each state_dict upgraded.
 
+    ``classes`` (with ``trust_pickle``): pickled class names mapped to the classes to
+    build instead, e.g. ``{"__main__.Net": Net}`` for a model saved from a script, or to
+    where to import them (``"mypkg.models:Net"``).
+
     ``output_dtypes`` as in :func:`compat.upgrade_state_dict`. Raises
     :class:`CheckpointError` for unreadable, corrupt, refused or unrecoverable input.
     """
@@ -36,6 +45,6 @@ def load_legacy(
         raise CheckpointError(str(err)) from None
     fmt = files.by_name(source.kind)
     result: dict[str, Any] = fmt.load(
-        source.path, trust_pickle=trust_pickle, output_dtypes=output_dtypes
+        source.path, trust_pickle=trust_pickle, output_dtypes=output_dtypes, classes=classes
     )
     return result

@@ -13,8 +13,11 @@ _MIB = 2**20
 class Progress:
     """``label [#####-----] 50%  512/1024 MiB``, redrawn in place at most 10 times a second."""
 
-    def __init__(self, total: int, *, enabled: bool, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, *, enabled: bool, stream: TextIO | None = None, delay: float = 0.0
+    ) -> None:
         self.total = max(total, 1)
+        self._shown_from = time.monotonic() + delay  # nothing is drawn before this
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.done = 0
@@ -43,6 +46,8 @@ class Progress:
         if not self.enabled:
             return
         now = time.monotonic()
+        if now < self._shown_from:
+            return
         if not force and now - self._last < 0.1 and self.done < self.total:
             return
         self._last = now

@@ -11,7 +11,7 @@ from typing import Any
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.upgrade import UpgradeReport
 
-PROGRESS_MIN_BYTES = 256 * 2**20
+PROGRESS_DELAY_S = 1.0  # auto: no bar for conversions shorter than this
 
 
 class UsageError(ValueError):
@@ -25,6 +25,8 @@ class Request:
     dry_run: bool = False
     in_place: bool = False
     trust_pickle: bool = False
+    # pickled class name -> replacement class or "module:Class" (trusted pickles only)
+    classes: dict[str, object] = field(default_factory=dict)
     output_dtypes: object = None
     progress: str = "auto"  # auto | always | never
 
@@ -41,6 +43,11 @@ class Result:
     verified: bool = False
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def quant_layers(self) -> int:
+        """Quantized linear layers found in every state_dict of the source."""
+        return sum(len(r.groups) for _, r in self.reports)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": str(self.source),
@@ -48,6 +55,7 @@ class Result:
             "kind": self.kind,
             "status": self.status,
             "changed": any(r.changed for _, r in self.reports),
+            "quant_layers": self.quant_layers,
             "verified": self.verified,
             "written": [str(p) for p in self.written],
             "backups": [str(p) for p in self.backups],
@@ -55,13 +63,8 @@ class Result:
             "state_dicts": [{"location": loc or None, **r.to_dict()} for loc, r in self.reports],
         }
 
-    def __str__(self) -> str:
-        lines = []
-        for loc, report in self.reports:
-            if loc:
-                lines.append(f"state_dict {loc}:")
-            lines.append(str(report))
-        lines.extend(f"note: {n}" for n in self.notes)
+    def verdict(self) -> str:
+        """One line: what was done."""
         verb = {
             "converted": f"converted: wrote {self.destination} (verified)",
             "current": "already current: nothing to change"
@@ -71,8 +74,23 @@ class Result:
         }[self.status]
         if self.backups:
             verb += f"; backup: {', '.join(map(str, self.backups))}"
-        lines.append(verb)
+        return verb
+
+    def render(self, verbosity: int = 1) -> str:
+        """0: the verdict only; 1: a summary per state_dict, then the verdict; 2: every
+        layer and key."""
+        lines = []
+        if verbosity > 0:
+            for loc, report in self.reports:
+                if loc:
+                    lines.append(f"state_dict {loc}:")
+                lines.append(report.details() if verbosity > 1 else report.summary())
+            lines.extend(f"note: {n}" for n in self.notes)
+        lines.append(self.verdict())
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render(1)
 
 
 @dataclass(frozen=True)
@@ -126,11 +144,11 @@ def resolve_destination(req: Request, source: Source) -> Path | None:
     return dst
 
 
-def progress_for(req: Request, total: int, many: bool) -> Progress:
+def progress_for(req: Request, total: int) -> Progress:
+    """``always``: drawn from the start; ``never``: not at all; ``auto``: on a terminal
+    only, and only once the conversion has run for a second (short ones stay quiet)."""
     if req.progress == "always":
-        enabled = True
-    elif req.progress == "never":
-        enabled = False
-    else:
-        enabled = sys.stderr.isatty() and (many or total >= PROGRESS_MIN_BYTES)
-    return Progress(total, enabled=enabled)
+        return Progress(total, enabled=True)
+    if req.progress == "never":
+        return Progress(total, enabled=False)
+    return Progress(total, enabled=sys.stderr.isatty(), delay=PROGRESS_DELAY_S)

@@ -9,11 +9,13 @@ way; with explicit trust it is loaded through an unpickler that maps
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import re
 import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from compat import upstream
 
@@ -42,10 +44,21 @@ _DANGEROUS = (
 _GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
 
+#: ``"module.Class"`` as the pickle names it -> the class to use instead, or where to
+#: import it from (``"package.module:Class"`` or ``"package.module.Class"``)
+Classes = Mapping[str, object]
+
+
 class RedirectingUnpickler(pickle.Unpickler):
-    """Unpickler that resolves ``torch_npu.contrib.module.*`` classes to compat's."""
+    """Unpickler that resolves ``torch_npu.contrib.module.*`` classes to compat's, and
+    the classes of :attr:`classes` to what they map to."""
+
+    classes: ClassVar[Classes] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        wanted = f"{module}.{name}"
+        if wanted in self.classes:
+            return _resolve(wanted, self.classes[wanted])
         if module == UPSTREAM_PACKAGE or module.startswith(UPSTREAM_PACKAGE + "."):
             target = REDIRECTS.get(name)
             if target is None:
@@ -54,14 +67,49 @@ class RedirectingUnpickler(pickle.Unpickler):
                     f"(compat provides {', '.join(sorted(REDIRECTS))}); load the file where "
                     "torch_npu is installed and save model.state_dict() instead"
                 )
-            import importlib
-
             return getattr(importlib.import_module(target[0]), target[1])
-        return super().find_class(module, name)
+        try:
+            return super().find_class(module, name)
+        except (AttributeError, ImportError) as err:
+            raise pickle.UnpicklingError(missing_class_message(wanted, err)) from None
 
 
-def redirecting_pickle_module() -> types.ModuleType:
-    """A ``pickle``-like module for ``torch.load(pickle_module=...)``."""
+def missing_class_message(wanted: str, err: BaseException) -> str:
+    """Which class a trusted pickle needs that is not importable here, and what to do."""
+    module, _, name = wanted.rpartition(".")
+    where = (
+        "it was defined in the script that saved the file (__main__), which is not the "
+        "program running now"
+        if module == "__main__"
+        else f"importing it failed ({type(err).__name__}: {err})"
+    )
+    return (
+        f"the pickle needs class {wanted}, which cannot be found: {where}. Make it importable: "
+        f"put the class definition in a module on PYTHONPATH (e.g. mymodels.py) and map it "
+        f"with --class {wanted}=mymodels:{name} (API: compat.load_legacy(path, "
+        f"trust_pickle=True, classes={{{wanted!r}: {name}}})), or load the file in the script "
+        "that defines it and save model.state_dict() instead"
+    )
+
+
+def _resolve(wanted: str, target: object) -> Any:
+    if not isinstance(target, str):
+        return target
+    module, sep, attr = target.partition(":")
+    if not sep:
+        module, _, attr = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (AttributeError, ImportError, ValueError) as err:
+        raise pickle.UnpicklingError(
+            f"--class {wanted}={target}: cannot import {attr!r} from {module!r} "
+            f"({type(err).__name__}: {err}); is its module on PYTHONPATH?"
+        ) from None
+
+
+def redirecting_pickle_module(classes: Classes | None = None) -> types.ModuleType:
+    """A ``pickle``-like module for ``torch.load(pickle_module=...)``; ``classes`` maps
+    pickled class names to replacements (see :data:`Classes`)."""
     module = types.ModuleType("compat_redirecting_pickle")
     for name in (
         "load",
@@ -75,7 +123,10 @@ def redirecting_pickle_module() -> types.ModuleType:
         "DEFAULT_PROTOCOL",
     ):
         setattr(module, name, getattr(pickle, name))
-    module.Unpickler = RedirectingUnpickler  # type: ignore[attr-defined]
+    unpickler = type(
+        "RedirectingUnpickler", (RedirectingUnpickler,), {"classes": dict(classes or {})}
+    )
+    module.Unpickler = unpickler  # type: ignore[attr-defined]
     return module
 
 

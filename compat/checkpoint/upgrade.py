@@ -61,22 +61,22 @@ class UpgradeReport:
         """A JSON-serialisable form (``python -m compat upgrade --json``)."""
         return {
             "changed": self.changed,
-            "quant_linears": len(self.groups),
+            "quant_layers": len(self.groups),
             "other_keys": self.other_keys,
             "groups": [g.to_dict() for g in self.groups],
             "skipped": [{"module": p, "reason": r} for p, r in self.skipped],
         }
 
     def __str__(self) -> str:
-        changed = sum(1 for g in self.groups if g.changed)
-        lines = [
-            f"{len(self.groups)} quant linear(s), {changed} to upgrade, {len(self.changes)} "
-            f"tensor(s) transformed; {self.other_keys} other key(s) untouched"
-        ]
+        return self.details()
+
+    def details(self) -> str:
+        """Every layer, every key, what happens to it and why."""
+        lines = [self._headline()]
         for g in self.groups:
             lines.append(
                 f"  {g.module or '<root>'} [{'+'.join(g.formats) or '-'}] "
-                f"output_dtype={g.output_dtype}"
+                f"output_dtype={g.output_dtype}{_dtype_note(g)}"
             )
             for k in g.keys:
                 if k.changed:
@@ -89,6 +89,78 @@ class UpgradeReport:
             lines.extend(f"    note: {note}" for note in g.notes)
         lines.extend(f"  skipped {p or '<root>'}: {r}" for p, r in self.skipped)
         return "\n".join(lines)
+
+    def summary(self) -> str:
+        """A few lines whatever the model's size: the layers grouped by what happens."""
+        lines = [self._headline()]
+        buckets: dict[tuple[str, str], int] = {}
+        for g in self.groups:
+            what = "; ".join(
+                f"{k.name} {_short(k.before.dtype)} -> {_short(k.after.dtype)} {k.action}"
+                for k in g.keys
+                if k.changed
+            )
+            key = ("+".join(g.formats) or "-", what)
+            buckets[key] = buckets.get(key, 0) + 1
+        width = len(str(max(buckets.values(), default=0)))
+        for (formats, what), count in buckets.items():
+            lines.append(
+                f"  {count:>{width}} {_layers(count)} [{formats}]: {what or 'need nothing'}"
+            )
+        if self.groups and all(what for _f, what in buckets):
+            lines.append(f"  {0:>{width}} layers: need nothing")
+        sources: dict[str, int] = {}
+        for g in self.groups:
+            label = (
+                f"{g.output_dtype} inferred ({g.output_dtype_reason})"
+                if g.output_dtype_source == "inferred"
+                else g.output_dtype
+                if g.output_dtype_source == "given"
+                else "unknown"
+            )
+            sources[label] = sources.get(label, 0) + 1
+        if sources:
+            lines.append(
+                "  output_dtype: " + "; ".join(f"{n} {label}" for label, n in sources.items())
+            )
+        notes = sum(len(g.notes) for g in self.groups)
+        if notes:
+            lines.append(f"  {notes} note(s); -v shows them with each layer")
+        if self.skipped:
+            shown = ", ".join(p or "<root>" for p, _r in self.skipped[:3])
+            more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+            lines.append(
+                f"  skipped {len(self.skipped)} float group(s) that may not be quantized linears "
+                f"({shown}{more}); -v says why"
+            )
+        return "\n".join(lines)
+
+    def _headline(self) -> str:
+        if not self.groups:
+            return (
+                f"0 quantized linear layers found ({self.other_keys} other key(s)): is this the "
+                "checkpoint of a model with LinearA8W8Quant/LinearQuant layers?"
+            )
+        changed = sum(1 for g in self.groups if g.changed)
+        return (
+            f"{len(self.groups)} quantized linear {_layers(len(self.groups))}, {changed} to "
+            f"upgrade, {len(self.changes)} tensor(s) transformed; {self.other_keys} other "
+            "key(s) untouched"
+        )
+
+
+def _layers(count: int) -> str:
+    return "layer" if count == 1 else "layers"
+
+
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype_note(g: GroupPlan) -> str:
+    if g.output_dtype_source == "inferred":
+        return f" (inferred: {g.output_dtype_reason})"
+    return f" ({g.output_dtype_reason})" if g.output_dtype_reason else ""
 
 
 # --------------------------------------------------------------------------- arguments

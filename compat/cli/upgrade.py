@@ -49,6 +49,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "code, so use it only for files whose origin you trust",
     )
     parser.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        default=[],
+        metavar="PICKLED=MODULE:CLASS",
+        help="with --trust-pickle: build class PICKLED (as the pickle names it, e.g. "
+        "__main__.Net for a model saved from a script) from MODULE:CLASS, importable from "
+        "PYTHONPATH (repeatable)",
+    )
+    parser.add_argument(
         "--output-dtype",
         action="append",
         default=[],
@@ -62,7 +72,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--progress",
         choices=("auto", "always", "never"),
         default="auto",
-        help="progress bar on stderr (auto: on a terminal, for large or multi-shard checkpoints)",
+        help="progress bar on stderr (auto: on a terminal, once a conversion runs over a second)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const="never",
+        help="no progress bar (same as --progress never)",
+    )
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="list every layer and key with what happens to it and why",
+    )
+    loud.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the verdict (and errors)"
     )
 
 
@@ -129,12 +156,19 @@ def run(args: argparse.Namespace) -> int:
         output_dtypes = _output_dtypes(args.output_dtype)
     except ValueError as err:
         return _fail(args, 2, str(err))
+    classes: dict[str, object] = {}
+    for entry in args.classes:
+        pickled, sep, target = entry.partition("=")
+        if not sep or not pickled or not target:
+            return _fail(args, 2, f"--class {entry!r}: expected PICKLED=MODULE:CLASS")
+        classes[pickled] = target
     request = Request(
         src=Path(args.src),
         dst=None if args.dst is None else Path(args.dst),
         dry_run=args.dry_run,
         in_place=args.in_place,
         trust_pickle=args.trust_pickle,
+        classes=classes,
         output_dtypes=output_dtypes,
         progress=args.progress,
     )
@@ -146,8 +180,14 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, 1, str(err), err.problems)
     except ValueError as err:  # e.g. output_dtypes naming a module that is not there
         return _fail(args, 2, str(err))
+    if result.quant_layers == 0:
+        print(
+            f"upgrade: warning: {args.src}: 0 quantized linear layers found (no "
+            "LinearA8W8Quant/LinearQuant entries); nothing to upgrade; is this the right file?",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(result)
+        print(result.render(2 if args.verbose else 0 if args.quiet else 1))
     return 0

@@ -194,6 +194,11 @@ class GroupPlan:
     output_dtype: str
     keys: tuple[KeyChange, ...]
     notes: tuple[str, ...]
+    #: where ``output_dtype`` comes from: "given" (the module or ``output_dtypes``),
+    #: "inferred" (the checkpoint's dtypes imply it), or "unknown"
+    output_dtype_source: str = "unknown"
+    #: why it was inferred, or which output dtypes remain possible
+    output_dtype_reason: str = ""
 
     @property
     def module(self) -> str:
@@ -208,6 +213,8 @@ class GroupPlan:
             "module": self.module,
             "formats": list(self.formats),
             "output_dtype": self.output_dtype,
+            "output_dtype_source": self.output_dtype_source,
+            "output_dtype_reason": self.output_dtype_reason,
             "changed": self.changed,
             "keys": [k.to_dict() for k in self.keys],
             "notes": list(self.notes),
@@ -675,13 +682,57 @@ def plan_group(
     if not g.formats and len(problems) == before:
         g.formats.add("F1")  # plain upstream: only when no legacy format was found
     order = [name for name in NAMES if name in g.changes]
+    if out is not None:
+        shown, source, why = dtype_name(out), "given", ""
+    else:
+        possible, why = infer_output_dtypes(g.specs, scheme, pertoken)
+        one = len(possible) == 1
+        shown = dtype_name(possible[0]) if one else "unknown"
+        source = "inferred" if one else "unknown"
     return GroupPlan(
         prefix=prefix,
         formats=tuple(sorted(g.formats)),
-        output_dtype=dtype_name(out) if out is not None else "unknown",
+        output_dtype=shown,
         keys=tuple(g.changes[name] for name in order),
         notes=tuple(g.notes),
+        output_dtype_source=source,
+        output_dtype_reason=why,
     )
+
+
+def infer_output_dtypes(
+    specs: Mapping[str, Spec], scheme: Scheme, pertoken: bool
+) -> tuple[tuple[torch.dtype, ...], str]:
+    """The output dtypes a group's dtypes allow (dtype-table rows of ``scheme`` with this
+    pertoken setting), and why: the keys that narrow the choice, in words.
+
+    An int64 scale implies nothing: torchair encodes the scale whatever the module's output
+    dtype (format F2), and the planner decodes it where a float scale is needed.
+    """
+    rows = {out: row for (out, pt), row in scheme.rows.items() if pt == pertoken}
+    every = tuple(rows)
+    possible = list(every)
+    reasons = []
+    for name in ("scale", "offset", "bias"):
+        spec = specs.get(name)
+        got = None if spec is None else spec.dtype
+        if got == _I64 and name == "scale":
+            continue
+        allowed_by = [out for out, row in rows.items() if got in row[name]]
+        if got is None or set(allowed_by) == set(every):
+            continue
+        possible = [out for out in possible if out in allowed_by]
+        what = "an offset" if name == "offset" else f"a {dtype_name(got)} {name}"
+        outs = ", ".join(dtype_name(o) for o in allowed_by) or "no output dtype"
+        reasons.append(f"{what} is legal only with output_dtype {outs}")
+    if pertoken:
+        reasons.append("pertoken_scale allows only " + ", ".join(dtype_name(o) for o in every))
+    if not reasons:
+        return tuple(possible), ""
+    if len(possible) > 1:
+        left = ", ".join(dtype_name(o) for o in possible)
+        return tuple(possible), f"one of {left} ({'; '.join(reasons)})"
+    return tuple(possible), "; ".join(reasons)
 
 
 # --------------------------------------------------------------------------- transformations

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from compat.checkpoint.request import Request, Result, Source, UsageError
+from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import OutputDtypes, upgrade_state_dict
 from compat.formats.rules import Access
 
@@ -47,11 +48,19 @@ class FileFormat(Protocol):
         unusable."""
         ...
 
-    def open(self, path: Path, *, trust_pickle: bool) -> Opened:
-        """Open the (detected) file for planning; nothing is converted."""
+    def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> Opened:
+        """Open the (detected) file for planning; nothing is converted. ``classes``: see
+        :data:`compat.checkpoint.unpickler.Classes` (trusted pickles only)."""
         ...
 
-    def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
+    def load(
+        self,
+        path: Path,
+        *,
+        trust_pickle: bool,
+        output_dtypes: OutputDtypes,
+        classes: Classes | None = None,
+    ) -> Any:
         """The upgraded state_dict (or dict of state_dicts) the file holds, in memory."""
         ...
 

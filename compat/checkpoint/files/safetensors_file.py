@@ -30,6 +30,7 @@ from compat.checkpoint import atomic, commit, files, request
 from compat.checkpoint.files import torchfile
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Request, Result, Source
+from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import (
     OutputDtypes,
     UpgradeReport,
@@ -487,7 +488,7 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
             result.status = "would-convert" if report.changed else "up-to-date"
             return result
         assert dst is not None
-        progress = request.progress_for(req, 2 * source.path.stat().st_size, many=False)
+        progress = request.progress_for(req, 2 * source.path.stat().st_size)
         try:
             if req.in_place and report.changed:
                 commit.check_backup_free(source.path)
@@ -536,10 +537,17 @@ class SafetensorsFormat:
     def detect(self, path: Path) -> Path | None:
         return path if path.is_file() and is_safetensors(path) else None
 
-    def open(self, path: Path, *, trust_pickle: bool) -> _Opened:
+    def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> _Opened:
         return _Opened(path)
 
-    def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
+    def load(
+        self,
+        path: Path,
+        *,
+        trust_pickle: bool,
+        output_dtypes: OutputDtypes,
+        classes: Classes | None = None,
+    ) -> Any:
         return files.load_opened(_Opened(path), output_dtypes)
 
     def convert(self, req: Request, source: Source, dst: Path | None) -> Result:

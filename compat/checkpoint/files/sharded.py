@@ -8,6 +8,7 @@ and then the index are replaced all or nothing (:func:`compat.checkpoint.commit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,13 +25,14 @@ from compat.checkpoint.files.safetensors_file import SafetensorsFile
 from compat.checkpoint.files.torchfile import Location
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Request, Result, Source, UsageError
+from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import (
     OutputDtypes,
     UpgradeReport,
     plan_state_dict,
 )
 from compat.formats.errors import CheckpointError
-from compat.formats.rules import Access, DictAccess, GroupPlan, Spec
+from compat.formats.rules import Access, DictAccess, Spec
 
 
 @dataclass
@@ -99,7 +101,10 @@ def read_index(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def open_shards(
-    index_path: Path, weight_map: dict[str, str], trust_pickle: bool
+    index_path: Path,
+    weight_map: dict[str, str],
+    trust_pickle: bool,
+    classes: Classes | None = None,
 ) -> dict[str, _Shard]:
     shards: dict[str, _Shard] = {}
     for name in dict.fromkeys(weight_map.values()):
@@ -109,7 +114,7 @@ def open_shards(
         if safetensors_file.is_safetensors(path):
             shards[name] = _Shard(name, path, "safetensors", st=SafetensorsFile(path))
         else:
-            loaded = torchfile.load(path, trust_pickle=trust_pickle)
+            loaded = torchfile.load(path, trust_pickle=trust_pickle, classes=classes)
             if not torchfile.is_state_dict(loaded.obj):
                 raise CheckpointError(f"{path}: a shard must hold one flat state_dict")
             if loaded.zip:
@@ -171,7 +176,7 @@ def _only(report: UpgradeReport, keys: set[str]) -> UpgradeReport:
     for g in report.groups:
         mine = tuple(k for k in g.keys if k.key in keys)
         if mine:
-            groups.append(GroupPlan(g.prefix, g.formats, g.output_dtype, mine, g.notes))
+            groups.append(dataclasses.replace(g, keys=mine))
     return UpgradeReport(tuple(groups), (), 0)
 
 
@@ -185,7 +190,7 @@ def _new_index(index: dict[str, Any], report: UpgradeReport) -> bytes:
 
 def convert(req: Request, source: Source, dst: Path | None) -> Result:
     index, weight_map = read_index(source.path)
-    shards = open_shards(source.path, weight_map, req.trust_pickle)
+    shards = open_shards(source.path, weight_map, req.trust_pickle, req.classes)
     try:
         owner = {key: shards[name] for key, name in weight_map.items()}
         report = plan_state_dict(list(weight_map), _MultiAccess(owner), req.output_dtypes)
@@ -197,7 +202,7 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
         changed_keys = {k.key for k in report.changes}
         to_rewrite = [s for s in shards.values() if changed_keys & set(s.keys())]
         total = sum(s.path.stat().st_size for s in shards.values())
-        progress = request.progress_for(req, 2 * total, many=len(shards) > 1)
+        progress = request.progress_for(req, 2 * total)
         try:
             if req.in_place:
                 if not report.changed:
@@ -289,9 +294,9 @@ def _to_dir(
 
 
 class _Opened:
-    def __init__(self, index_path: Path, trust_pickle: bool) -> None:
+    def __init__(self, index_path: Path, trust_pickle: bool, classes: Classes | None) -> None:
         self.index, self.weight_map = read_index(index_path)
-        self.shards = open_shards(index_path, self.weight_map, trust_pickle)
+        self.shards = open_shards(index_path, self.weight_map, trust_pickle, classes)
         owner = {key: self.shards[name] for key, name in self.weight_map.items()}
         self._access = _MultiAccess(owner)
 
@@ -326,11 +331,18 @@ class ShardedFormat:
             return indexes[0]
         return path if path.name.endswith(".index.json") else None
 
-    def open(self, path: Path, *, trust_pickle: bool) -> _Opened:
-        return _Opened(path, trust_pickle)
+    def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> _Opened:
+        return _Opened(path, trust_pickle, classes)
 
-    def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
-        return files.load_opened(_Opened(path, trust_pickle), output_dtypes)
+    def load(
+        self,
+        path: Path,
+        *,
+        trust_pickle: bool,
+        output_dtypes: OutputDtypes,
+        classes: Classes | None = None,
+    ) -> Any:
+        return files.load_opened(_Opened(path, trust_pickle, classes), output_dtypes)
 
     def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
         return convert(req, source, dst)

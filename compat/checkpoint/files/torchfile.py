@@ -21,6 +21,7 @@ from compat.checkpoint import atomic, commit, request, unpickler
 from compat.checkpoint.pages import PageReleaser
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Request, Result, Source
+from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import OutputDtypes, UpgradeReport, apply_report, plan_state_dict
 from compat.formats.errors import CheckpointError
 from compat.formats.loading import module_context
@@ -49,12 +50,13 @@ def _quiet_load(path: Path, **kwargs: Any) -> Any:
         return torch.load(str(path), map_location="cpu", **kwargs)
 
 
-def load(path: Path, *, trust_pickle: bool) -> Loaded:
+def load(path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> Loaded:
     """Load with ``weights_only=True`` (``mmap=True`` for zip files), on the CPU.
 
     A file needing pickled classes is refused with a message pointing at
     ``--trust-pickle``; with trust it is unpickled with torch_npu's classes redirected
-    to compat's, and every module in it is replaced by its state_dict.
+    to compat's (and the classes of ``classes`` to theirs), and every module in it is
+    replaced by its state_dict.
     """
     is_zip = zipfile.is_zipfile(path)
     try:
@@ -67,7 +69,7 @@ def load(path: Path, *, trust_pickle: bool) -> Loaded:
             ) from None
         if not trust_pickle:
             raise CheckpointError(unpickler.refusal_message(path, names)) from None
-        obj = _trusted_load(path, is_zip)
+        obj = _trusted_load(path, is_zip, classes)
         loaded = _modules_to_state(path, obj, is_zip)
         loaded.releaser = PageReleaser(path, enabled=is_zip and _native_order(path))
         return loaded
@@ -90,14 +92,18 @@ def _last_line(err: BaseException) -> str:
     return (useful or lines)[-1].strip()[:300]
 
 
-def _trusted_load(path: Path, is_zip: bool) -> Any:
+def _trusted_load(path: Path, is_zip: bool, classes: Classes | None) -> Any:
     try:
         return _quiet_load(
             path,
             weights_only=False,
             mmap=is_zip,
-            pickle_module=unpickler.redirecting_pickle_module(),
+            pickle_module=unpickler.redirecting_pickle_module(classes),
         )
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: unpickling failed even with --trust-pickle: {err}"
+        ) from None
     except Exception as err:
         raise CheckpointError(
             f"{path}: unpickling failed even with --trust-pickle ({type(err).__name__}: "
@@ -515,9 +521,9 @@ class _Background:
 
 def convert(req: Request, source: Source, dst: Path | None) -> Result:
     size = source.path.stat().st_size
-    progress = request.progress_for(req, 3 * size, many=False)
+    progress = request.progress_for(req, 3 * size)
     try:
-        loaded = load(source.path, trust_pickle=req.trust_pickle)
+        loaded = load(source.path, trust_pickle=req.trust_pickle, classes=req.classes)
         # the CRC pass reads the file with plain I/O; it overlaps planning and writing and
         # must succeed before anything is committed (or reported as convertible)
         crc = _Background(check_zip_crc, source.path) if loaded.zip else _Background(None)
@@ -601,14 +607,21 @@ class TorchFormat:
     def detect(self, path: Path) -> Path | None:
         return path if path.is_file() else None
 
-    def open(self, path: Path, *, trust_pickle: bool) -> _Opened:
-        loaded = load(path, trust_pickle=trust_pickle)
+    def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> _Opened:
+        loaded = load(path, trust_pickle=trust_pickle, classes=classes)
         if loaded.zip:
             check_zip_crc(path)
         return _Opened(loaded)
 
-    def load(self, path: Path, *, trust_pickle: bool, output_dtypes: OutputDtypes) -> Any:
-        loaded = load(path, trust_pickle=trust_pickle)
+    def load(
+        self,
+        path: Path,
+        *,
+        trust_pickle: bool,
+        output_dtypes: OutputDtypes,
+        classes: Classes | None = None,
+    ) -> Any:
+        loaded = load(path, trust_pickle=trust_pickle, classes=classes)
         if loaded.zip:
             check_zip_crc(path)
         return apply(loaded.obj, plan(loaded, output_dtypes))
