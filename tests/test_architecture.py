@@ -148,7 +148,7 @@ def test_legal_dtype_tables_derive_from_the_schemes() -> None:
 
 def test_every_file_format_is_registered_once_torch_last() -> None:
     names = [f.name for f in files.REGISTRY]
-    assert names == ["sharded", "safetensors", "torch"]
+    assert names == ["dcp", "sharded", "safetensors", "torch"]
     for fmt in files.REGISTRY:
         for method in ("detect", "open", "load", "convert"):
             assert callable(getattr(fmt, method)), (fmt.name, method)

@@ -29,6 +29,7 @@ class Request:
     classes: dict[str, object] = field(default_factory=dict)
     output_dtypes: object = None
     progress: str = "auto"  # auto | always | never
+    to: str | None = None  # output format of a DCP source: dcp | torch | safetensors | sharded
 
 
 @dataclass
@@ -111,6 +112,11 @@ def resolve_destination(req: Request, source: Source) -> Path | None:
         raise UsageError("give either DST or --in-place, not both")
     if req.in_place and req.dry_run:
         raise UsageError("--dry-run writes nothing; it cannot be combined with --in-place")
+    if req.to is not None and source.kind != "dcp" and req.to != source.kind:
+        raise UsageError(
+            f"--to {req.to}: format conversion is supported from a torch.distributed.checkpoint "
+            f"directory only; this source is {source.kind}"
+        )
     if req.dst is None:
         if req.in_place:
             return source.path.parent if source.kind == "sharded" else source.path
@@ -118,6 +124,8 @@ def resolve_destination(req: Request, source: Source) -> Path | None:
             return None
         raise UsageError("give DST, --in-place or --dry-run")
     dst = req.dst
+    if source.kind == "dcp":
+        return _dcp_destination(req, source, dst)
     if source.kind == "sharded":
         if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
             raise UsageError(
@@ -141,6 +149,23 @@ def resolve_destination(req: Request, source: Source) -> Path | None:
             "not supported, so name DST "
             f"{'*.safetensors' if source.kind == 'safetensors' else 'not *.safetensors'}"
         )
+    return dst
+
+
+def _dcp_destination(req: Request, source: Source, dst: Path) -> Path:
+    """DCP source: a new or empty directory for ``--to dcp|sharded``, else a file."""
+    if same_file(dst, source.path):
+        raise UsageError("DST is the source directory; use --in-place")
+    if (req.to or "dcp") in ("dcp", "sharded"):
+        if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+            raise UsageError(f"{dst}: the destination must be a new or empty directory")
+        if not dst.parent.is_dir():
+            raise UsageError(f"{dst.parent}: no such directory")
+        return dst
+    if dst.is_dir():
+        dst = dst / ("model.pt" if req.to == "torch" else "model.safetensors")
+    if not dst.parent.is_dir():
+        raise UsageError(f"{dst.parent}: no such directory")
     return dst
 
 

@@ -49,6 +49,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "code, so use it only for files whose origin you trust",
     )
     parser.add_argument(
+        "--to",
+        choices=("dcp", "torch", "safetensors", "sharded"),
+        default=None,
+        help="output format for a torch.distributed.checkpoint source (default: dcp); "
+        "other sources keep their format",
+    )
+    parser.add_argument(
         "--class",
         dest="classes",
         action="append",
@@ -169,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         in_place=args.in_place,
         trust_pickle=args.trust_pickle,
         classes=classes,
+        to=args.to,
         output_dtypes=output_dtypes,
         progress=args.progress,
     )

@@ -115,8 +115,9 @@ def detect(src: Path) -> Source:
 
 
 # The built-in formats, each in its own module (they import this package's interface).
-from compat.checkpoint.files import safetensors_file, sharded, torchfile  # noqa: E402
+from compat.checkpoint.files import dcp, safetensors_file, sharded, torchfile  # noqa: E402
 
 register(torchfile.FORMAT, catch_all=True)
+register(dcp.FORMAT)
 register(sharded.FORMAT)
 register(safetensors_file.FORMAT)

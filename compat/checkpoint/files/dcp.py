@@ -1,0 +1,672 @@
+"""``torch.distributed.checkpoint`` (DCP) directories: ``.metadata`` plus ``__R_N.distcp``
+files written by one or many ranks.
+
+Read in a single process, no process group: the metadata first (names, dtypes, shapes,
+read with a restricted unpickler, see below), the upgrade is planned from it alone, then
+tensors are loaded one at a time. A DCP destination is written by ``dcp.save`` with a
+planner that loads (and transforms) each tensor only when the writer asks for it, so peak
+memory is about the largest tensor, not the checkpoint.
+
+``.metadata`` is a pickle; it is read with an unpickler that allows only DCP's metadata
+classes, and every item is loaded with ``weights_only=True``: nothing from the directory
+can run code. (The DCP directory written here uses ``_StorageInfo``, DCP's record of where
+an item lies, the one private name of torch used.) Destinations: a DCP directory
+(default), or with ``--to`` one torch file, one safetensors file or a sharded safetensors
+directory. Every destination is staged beside DST, verified tensor by tensor against the
+source, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.state_dict_loader import load as load_state_dict
+
+from compat.checkpoint import atomic, commit, request
+from compat.checkpoint.files import safetensors_file, torchfile
+from compat.checkpoint.progress import Progress
+from compat.checkpoint.request import Request, Result, Source, UsageError
+from compat.checkpoint.unpickler import Classes
+from compat.checkpoint.upgrade import (
+    OutputDtypes,
+    UpgradeReport,
+    plan_state_dict,
+    upgrade_state_dict,
+)
+from compat.formats.errors import CheckpointError
+from compat.formats.rules import CHUNK_ELEMENTS, KEEP, Access, KeyChange, Spec, transform_chunk
+
+METADATA = ".metadata"
+#: ``--to`` choices for a DCP source
+TARGETS = ("dcp", "torch", "safetensors", "sharded")
+#: largest shard written by ``--to sharded``
+SHARD_BYTES = 2 * 2**30
+
+_SINGLE_PROCESS = "torch.distributed is disabled, unavailable or uninitialized"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """DCP warns that it runs without a process group; that is the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS)
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated")
+        yield
+
+
+_DCP_CLASSES = frozenset(
+    {
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+        "_StorageInfo",
+        "_MEM_FORMAT_ENCODING",
+    }
+)
+_OTHER_GLOBALS = frozenset(
+    {
+        ("torch", "Size"),
+        ("torch._utils", "_get_layout"),
+        ("torch.serialization", "_get_layout"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"),
+        ("collections", "OrderedDict"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+    }
+)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """``.metadata`` is a pickle: only DCP's metadata classes, torch dtypes and sizes and
+    paths may be named in it, so a crafted file cannot run code (DCP's own reader would
+    unpickle anything)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        dcp_class = module.startswith("torch.distributed.checkpoint.") and name in _DCP_CLASSES
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if dcp_class or dtype or (module, name) in _OTHER_GLOBALS:
+            return super().find_class(module, name)
+        raise CheckpointError(
+            f"refusing to unpickle the DCP metadata: it names {module}.{name}, which is not "
+            "part of torch.distributed.checkpoint's metadata (a crafted file could run code)"
+        )
+
+
+def read_metadata(path: Path) -> Metadata:
+    """The DCP metadata, with every file it names checked to exist and be long enough."""
+    meta_file = path / METADATA
+    if not meta_file.is_file():
+        found = ", ".join(sorted(p.name for p in path.glob("*.distcp"))[:3]) or "no .distcp"
+        raise CheckpointError(
+            f"{meta_file}: missing; a torch.distributed.checkpoint directory needs its "
+            f".metadata file (found {found}); was the save interrupted?"
+        )
+    try:
+        with open(meta_file, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if not isinstance(metadata, Metadata):
+            raise TypeError(f"it holds a {type(metadata).__name__}, not DCP Metadata")
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"{meta_file}: not a readable DCP metadata file ({type(err).__name__}: {err})"
+        ) from None
+    ends: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        name = str(info.relative_path)
+        ends[name] = max(ends.get(name, 0), int(info.offset) + int(info.length))
+    for name, end in sorted(ends.items()):
+        data = path / name
+        if Path(name).name != name:
+            raise CheckpointError(f"{meta_file}: names {name!r}, which is not a plain file name")
+        if not data.is_file():
+            raise CheckpointError(f"{data}: missing, but {meta_file} says it holds tensor data")
+        size = data.stat().st_size
+        if size < end:
+            raise CheckpointError(
+                f"{data}: truncated ({size} bytes; {meta_file} needs at least {end})"
+            )
+    return metadata
+
+
+class _Reader:
+    """Tensors of a DCP directory, loaded one at a time (an :class:`Access`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.metadata = read_metadata(path)
+        entries = self.metadata.state_dict_metadata
+        self.tensor_keys = [k for k, v in entries.items() if isinstance(v, TensorStorageMetadata)]
+        self.object_keys = [k for k, v in entries.items() if isinstance(v, BytesStorageMetadata)]
+        self._reader = FileSystemReader(str(path))
+        self._cache: dict[str, torch.Tensor] = {}  # the last tensor read (its chunks)
+
+    def spec(self, key: str) -> Spec:
+        entry = self.metadata.state_dict_metadata[key]
+        assert isinstance(entry, TensorStorageMetadata)
+        return Spec(entry.properties.dtype, tuple(entry.size))
+
+    def tensor(self, key: str) -> torch.Tensor:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        self._cache = {}  # release the previous tensor before reading the next
+        try:
+            out = self._read_direct(key)
+            if out is None:  # transformed items (compressed...): DCP's own reader
+                spec = self.spec(key)
+                out = torch.empty(spec.shape, dtype=spec.dtype)
+                with _quiet():
+                    load_state_dict({key: out}, storage_reader=self._reader)
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(
+                f"{self.path}: reading tensor {key!r} failed ({type(err).__name__}: "
+                f"{str(err).strip().splitlines()[-1][:300] if str(err).strip() else err})"
+            ) from None
+        self._cache = {key: out}  # keep one: the planner reads small tensors repeatedly
+        return out
+
+    def _read_direct(self, key: str) -> torch.Tensor | None:
+        """Read a tensor's chunks straight from their file ranges, each loaded once with
+        ``weights_only=True`` (DCP's reader copies every item's bytes first, which
+        triples the peak memory of a large tensor). None if an item is transformed."""
+        entry = self.metadata.state_dict_metadata[key]
+        assert isinstance(entry, TensorStorageMetadata)
+        storage = self.metadata.storage_data or {}
+        pieces = []
+        for chunk in entry.chunks:
+            info = storage.get(MetadataIndex(key, chunk.offsets))
+            if info is None:
+                raise CheckpointError(
+                    f"{self.path / METADATA}: no file holds chunk {list(chunk.offsets)} of {key!r}"
+                )
+            if getattr(info, "transform_descriptors", None):
+                return None
+            pieces.append((chunk, info))
+        if len(pieces) == 1 and tuple(pieces[0][0].sizes) == tuple(entry.size):
+            whole: torch.Tensor = self._load_item(key, pieces[0][1])
+            return whole
+        out = torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
+        for chunk, info in pieces:
+            view = out
+            for dim, (start, length) in enumerate(zip(chunk.offsets, chunk.sizes, strict=True)):
+                view = view.narrow(dim, start, length)
+            view.copy_(self._load_item(key, info))
+        return out
+
+    def _load_item(self, key: str, info: Any, *, tensor: bool = True) -> Any:
+        path = self.path / str(info.relative_path)
+        with open(path, "rb") as f:
+            window = _Window(f, int(info.offset), int(info.length))
+            try:
+                value = torch.load(window, map_location="cpu", weights_only=True)  # type: ignore[arg-type]
+            except Exception as err:
+                raise CheckpointError(
+                    f"{path}: tensor {key!r} (bytes {info.offset}-{info.offset + info.length}) "
+                    f"cannot be read; the file is corrupt ({type(err).__name__}: {err})"
+                ) from None
+        if tensor and not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: the item of {key!r} is not a tensor")
+        return value
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]:
+        flat = self.tensor(key).reshape(-1)
+        for start in range(0, flat.numel(), CHUNK_ELEMENTS):
+            yield flat[start : start + CHUNK_ELEMENTS]
+
+    def is_meta(self, key: str) -> bool:
+        return False
+
+    def objects(self) -> dict[str, Any]:
+        """The non-tensor entries (step counters, configs), loaded with weights only."""
+        storage = self.metadata.storage_data or {}
+        out: dict[str, Any] = {}
+        for key in self.object_keys:
+            info = storage.get(MetadataIndex(key))
+            if info is None:
+                raise CheckpointError(f"{self.path / METADATA}: no file holds entry {key!r}")
+            out[key] = self._load_item(key, info, tensor=False)
+        return out
+
+
+class _Window(io.RawIOBase):
+    """A read-only, seekable view of ``length`` bytes of ``f`` starting at ``start``."""
+
+    def __init__(self, f: Any, start: int, length: int) -> None:
+        super().__init__()
+        self._f, self._start, self._length, self._pos = f, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), self._length - self._pos)
+        if count <= 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        got = self._f.readinto(view[:count])
+        self._pos += got
+        return int(got)
+
+
+def _change_of(report: UpgradeReport) -> dict[str, KeyChange]:
+    return {k.key: k for k in report.changes}
+
+
+def _upgraded(reader: _Reader, changes: dict[str, KeyChange], key: str) -> torch.Tensor:
+    """One tensor of the destination: the source's, transformed if the report says so."""
+    value = reader.tensor(key)
+    change = changes.get(key)
+    if change is None or change.action == KEEP:
+        return value
+    return transform_chunk(change.action, value.reshape(-1)).reshape(change.after.shape)
+
+
+def _target_specs(reader: _Reader, report: UpgradeReport) -> dict[str, Spec]:
+    changes = _change_of(report)
+    return {
+        key: changes[key].after if key in changes else reader.spec(key)
+        for key in reader.tensor_keys
+    }
+
+
+# --------------------------------------------------------------------------- writers
+def _write_dcp(reader: _Reader, report: UpgradeReport, out_dir: Path, progress: Progress) -> None:
+    """A DCP directory as ``dcp.save`` writes it (one ``torch.save`` item per file, then
+    the pickled ``.metadata``), one tensor in memory at a time: ``dcp.save`` itself keeps
+    every tensor it wrote alive until it finishes."""
+    changes = _change_of(report)
+    entries: dict[str, TensorStorageMetadata | BytesStorageMetadata] = {}
+    storage: dict[MetadataIndex, _StorageInfo] = {}
+    objects = reader.objects()
+    order = [
+        k for k in reader.metadata.state_dict_metadata if k in objects or k in reader.tensor_keys
+    ]
+    for number, key in enumerate(order):
+        name = f"__0_{number}.distcp"
+        with open(out_dir / name, "wb") as f:
+            if key in objects:
+                torch.save(objects[key], f)
+                entries[key] = BytesStorageMetadata()
+                index = MetadataIndex(key)
+            else:
+                value = _upgraded(reader, changes, key).contiguous()
+                torch.save(value, f)
+                size = torch.Size(value.shape)
+                chunk = ChunkStorageMetadata(offsets=torch.Size([0] * value.dim()), sizes=size)
+                entries[key] = TensorStorageMetadata(
+                    TensorProperties(dtype=value.dtype), size, [chunk]
+                )
+                index = MetadataIndex(key, chunk.offsets)
+                progress.advance(value.numel() * value.element_size())
+                del value
+            length = f.tell()
+            f.flush()
+            os.fsync(f.fileno())
+        storage[index] = _StorageInfo(relative_path=name, offset=0, length=length)
+    planner_data = reader.metadata.planner_data
+    metadata = Metadata(
+        state_dict_metadata=entries,
+        planner_data=planner_data if planner_data is not None else {k: (k,) for k in order},
+        storage_data=storage,
+        storage_meta=StorageMeta(checkpoint_id=None),
+        version=reader.metadata.version,
+    )
+    with open(out_dir / METADATA, "wb") as f:
+        pickle.dump(metadata, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_torch(reader: _Reader, report: UpgradeReport, out_dir: Path, name: str) -> None:
+    """One torch file (the whole upgraded state_dict is in memory while it is saved)."""
+    changes = _change_of(report)
+    state: dict[str, Any] = {key: _upgraded(reader, changes, key) for key in reader.tensor_keys}
+    state.update(reader.objects())
+    with open(out_dir / name, "wb") as f:
+        torchfile.save(state, f, releaser=None, progress=None)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_safetensors(
+    reader: _Reader, report: UpgradeReport, path: Path, keys: list[str], progress: Progress
+) -> None:
+    changes = _change_of(report)
+    specs = _target_specs(reader, report)
+
+    def produce(key: str) -> Iterator[torch.Tensor]:
+        value = _upgraded(reader, changes, key).contiguous().reshape(-1)
+        for start in range(0, value.numel(), CHUNK_ELEMENTS):
+            yield value[start : start + CHUNK_ELEMENTS]
+
+    with open(path, "wb") as f:
+        safetensors_file.write(f, [(k, specs[k]) for k in keys], None, produce, progress.advance)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _shards(specs: dict[str, Spec]) -> list[list[str]]:
+    groups: list[list[str]] = [[]]
+    size = 0
+    for key, spec in specs.items():
+        if groups[-1] and size + spec.nbytes > SHARD_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(key)
+        size += spec.nbytes
+    return groups
+
+
+def _write_sharded(
+    reader: _Reader, report: UpgradeReport, out_dir: Path, progress: Progress
+) -> list[str]:
+    specs = _target_specs(reader, report)
+    groups = _shards(specs)
+    names = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    weight_map = {}
+    for name, keys in zip(names, groups, strict=True):
+        _write_safetensors(reader, report, out_dir / name, keys, progress)
+        weight_map.update(dict.fromkeys(keys, name))
+    index = {"metadata": {"total_size": sum(s.nbytes for s in specs.values())}}
+    index["weight_map"] = weight_map  # type: ignore[assignment]
+    index_name = "model.safetensors.index.json"
+    (out_dir / index_name).write_text(json.dumps(index, indent=2) + "\n")
+    return [*names, index_name]
+
+
+# --------------------------------------------------------------------------- verification
+class _Tensors(Protocol):
+    def tensor(self, key: str) -> torch.Tensor: ...
+
+
+def _verify(
+    reader: _Reader, report: UpgradeReport, written: _Tensors, keys: list[str], progress: Progress
+) -> None:
+    """Every tensor of the output against the source: bit-identical, or the documented
+    transformation of its source for the keys the report lists."""
+    changes = _change_of(report)
+    for key in keys:
+        source = reader.tensor(key)
+        got = written.tensor(key)
+        change = changes.get(key)
+        if change is None or change.action == KEEP:
+            ok = got.dtype == source.dtype and got.shape == source.shape and _same_bits(got, source)
+        else:
+            ok = torchfile.documented_transformation_holds(change.action, source, got)
+        if not ok:
+            raise CheckpointError(
+                f"verification failed: {key!r} in the output differs from the source"
+            )
+        progress.advance(got.numel() * got.element_size())
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    view = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return bool(torch.equal(a.contiguous().view(view), b.contiguous().view(view)))
+
+
+class _Loaded:
+    """Tensors of a written torch file or of written safetensors files."""
+
+    def __init__(self, state: dict[str, Any], handles: list[safetensors_file.SafetensorsFile]):
+        self._state = state
+        self._owner = {key: f for f in handles for key in f.entries}
+        self.handles = handles
+
+    def tensor(self, key: str) -> torch.Tensor:
+        if key in self._owner:
+            return self._owner[key].tensor(key)
+        value: torch.Tensor = self._state[key]
+        return value
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.close()
+
+
+def _reopen(target: str, staging: Path, names: list[str]) -> _Reader | _Loaded:
+    """The written output, for verification."""
+    if target == "dcp":
+        return _Reader(staging)
+    if target == "torch":
+        state = torch.load(staging / names[0], map_location="cpu", weights_only=True, mmap=True)
+        return _Loaded(state, [])
+    handles = [
+        safetensors_file.SafetensorsFile(staging / name)
+        for name in names
+        if name.endswith(".safetensors")
+    ]
+    return _Loaded({}, handles)
+
+
+# --------------------------------------------------------------------------- conversion
+def _target(req: Request) -> str:
+    target = req.to or "dcp"
+    if target not in TARGETS:
+        raise UsageError(f"--to {target!r}: allowed for a DCP source: {', '.join(TARGETS)}")
+    return target
+
+
+def _output_name(target: str, dst: Path) -> list[str]:
+    if target == "torch":
+        return [dst.name if dst.suffix else "model.pt"]
+    if target == "safetensors":
+        return [dst.name if dst.suffix else "model.safetensors"]
+    return []
+
+
+def convert(req: Request, source: Source, dst: Path | None) -> Result:
+    reader = _Reader(source.path)
+    target = _target(req)
+    report = plan_state_dict(reader.tensor_keys, reader, req.output_dtypes)
+    result = Result(source.path, dst, "dcp", "", [("", report)])
+    if req.dry_run:
+        result.status = "would-convert" if report.changed else "up-to-date"
+        return result
+    assert dst is not None
+    if target in ("safetensors", "sharded") and reader.object_keys:
+        listed = ", ".join(reader.object_keys[:5])
+        raise UsageError(
+            f"--to {target}: the checkpoint holds non-tensor entries ({listed}), which "
+            "safetensors cannot store; use --to dcp or --to torch to keep them"
+        )
+    if req.in_place and target != "dcp":
+        raise UsageError("--in-place keeps the source's format; drop --to or give DST")
+    if req.in_place and not report.changed:
+        result.status = "current"
+        return result
+    total = sum(s.nbytes for s in _target_specs(reader, report).values())
+    progress = request.progress_for(req, 3 * total)
+    try:
+        written = _stage_and_commit(req, reader, report, target, dst, progress, result)
+    finally:
+        progress.close()
+    result.written = written
+    result.status = "converted" if report.changed or target != "dcp" else "current"
+    result.verified = True
+    return result
+
+
+def _stage_and_commit(
+    req: Request,
+    reader: _Reader,
+    report: UpgradeReport,
+    target: str,
+    dst: Path,
+    progress: Progress,
+    result: Result,
+) -> list[Path]:
+    """Write everything into a staging directory beside DST, verify it, rename it into
+    place (a file target: the one file is moved). Nothing is left behind on failure."""
+    single_file = target in ("torch", "safetensors")
+    final = dst
+    where = dst.parent if single_file else dst
+    atomic.remove_stale_temps(where)
+    staging = atomic.temp_name(where)
+    staging.mkdir()
+    try:
+        progress.phase("writing")
+        if target == "dcp" and not report.changed:  # already current: a verified byte copy
+            names = _copy_files(reader.path, staging)
+        elif target == "dcp":
+            _write_dcp(reader, report, staging, progress)
+            names = sorted(p.name for p in staging.iterdir())
+        elif target == "torch":
+            names = _output_name(target, dst)
+            _write_torch(reader, report, staging, names[0])
+        elif target == "safetensors":
+            names = _output_name(target, dst)
+            _write_safetensors(reader, report, staging / names[0], reader.tensor_keys, progress)
+        else:
+            names = _write_sharded(reader, report, staging, progress)
+        for name in names:
+            with open(staging / name, "rb") as f:
+                os.fsync(f.fileno())
+        atomic.fsync_dir(staging)
+        progress.phase("verifying")
+        written = _reopen(target, staging, names)
+        try:
+            _verify(reader, report, written, reader.tensor_keys, progress)
+        finally:
+            if isinstance(written, _Loaded):
+                written.close()
+        if single_file:
+            os.replace(staging / names[0], final)
+            atomic.fsync_dir(final.parent)
+            shutil.rmtree(staging, ignore_errors=True)
+            progress.finish()
+            return [final]
+        _commit_directory(req, staging, reader.path, final, result)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress.finish()
+    return [final / name for name in names]
+
+
+def _copy_files(source: Path, staging: Path) -> list[str]:
+    """Copy every file of the DCP directory; each copy's digest must equal the source's."""
+    names = sorted(p.name for p in source.iterdir() if p.is_file())
+    for name in names:
+        shutil.copyfile(source / name, staging / name)
+        if commit.sha256(staging / name) != commit.sha256(source / name):
+            raise CheckpointError(f"verification failed: the copy of {source / name} differs")
+    return names
+
+
+def _commit_directory(
+    req: Request, staging: Path, source: Path, final: Path, result: Result
+) -> None:
+    """Rename the staged directory to ``final``; in place, the source first becomes
+    ``SRC.bak`` (never overwritten) and comes back if the second rename fails."""
+    if req.in_place:
+        bak = atomic.backup_path(source)
+        commit.check_backup_free(source)
+        os.rename(source, bak)
+        try:
+            os.rename(staging, source)
+        except BaseException:
+            os.rename(bak, source)
+            raise
+        atomic.fsync_dir(source.parent)
+        result.backups.append(bak)
+        return
+    if final.exists():
+        final.rmdir()  # empty (checked when resolving the destination)
+    os.rename(staging, final)
+    atomic.fsync_dir(final.parent)
+
+
+class _Opened:
+    def __init__(self, path: Path) -> None:
+        self._reader = _Reader(path)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._reader.tensor_keys)
+
+    @property
+    def access(self) -> Access:
+        return self._reader
+
+    def close(self) -> None:
+        pass
+
+
+class DcpFormat:
+    """A ``torch.distributed.checkpoint`` directory (recognised by ``.metadata`` or
+    ``*.distcp`` files)."""
+
+    name = "dcp"
+
+    def detect(self, path: Path) -> Path | None:
+        if not path.is_dir():
+            return None
+        if (path / METADATA).exists() or any(path.glob("*.distcp")):
+            return path
+        return None
+
+    def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> _Opened:
+        return _Opened(path)
+
+    def load(
+        self,
+        path: Path,
+        *,
+        trust_pickle: bool,
+        output_dtypes: OutputDtypes,
+        classes: Classes | None = None,
+    ) -> Any:
+        reader = _Reader(path)
+        state: dict[str, Any] = {key: reader.tensor(key) for key in reader.tensor_keys}
+        upgraded = upgrade_state_dict(state, output_dtypes=output_dtypes)
+        upgraded.update(reader.objects())
+        return upgraded
+
+    def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
+        return convert(req, source, dst)
+
+
+FORMAT: DcpFormat = DcpFormat()
