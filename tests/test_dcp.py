@@ -1,0 +1,356 @@
+"""torch.distributed.checkpoint directories (issue 14): detection, every output format,
+values equal to the oracle after loading into compat's modules, 2-rank checkpoints,
+clear errors for broken directories, atomicity, nothing unpickled that could run code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import oracle
+import pytest
+import torch
+from conftest import ROOT
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+import compat
+from compat.cli import main as cli
+
+K, N = 32, 8
+TARGETS = ["dcp", "torch", "safetensors", "sharded"]
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp_save(state, checkpoint_id=str(path))
+
+
+def _legacy_layers(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three legacy layers: torchair int64 scale with folded offset (F2, int8 output), a
+    float32 re-save of the int8 weight (F4, float16 output), per-tensor (1,) scale and
+    offset (F3, int8 output)."""
+    g = torch.Generator().manual_seed(seed)
+    w = lambda: torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)  # noqa: E731
+    s = lambda n=N: (torch.rand(n, generator=g) + 0.5) * 2e-3  # noqa: E731
+    bias = lambda: torch.randint(-500, 500, (N,), dtype=torch.int32, generator=g)  # noqa: E731
+    offset = torch.round(torch.randn(N, generator=g) * 5)
+    q = oracle.encode(s().numpy(), offset.numpy())
+    return {
+        "a.weight": w(),
+        "a.scale": torch.from_numpy(q.astype(np.int64)),
+        "a.offset": offset,
+        "a.bias": bias(),
+        "b.weight": w().float(),
+        "b.scale": s(),
+        "b.bias": bias(),
+        "c.weight": w(),
+        "c.scale": s(1),
+        "c.offset": torch.tensor([3.0]),
+        "c.bias": bias(),
+    }
+
+
+CONFIG = {"a": (torch.int8, True), "b": (torch.float16, False), "c": (torch.int8, True)}
+
+
+def _model() -> torch.nn.Module:
+    model = torch.nn.Module()
+    for name, (out, offset) in CONFIG.items():
+        model.add_module(name, compat.LinearQuant(K, N, offset=offset, output_dtype=out))
+    return model
+
+
+def _oracle(legacy: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output from the *legacy* tensors, by tests/oracle.py."""
+    out, _ = CONFIG[name]
+    scale = legacy[f"{name}.scale"]
+    got = oracle.quant_matmul(
+        x.numpy(),
+        legacy[f"{name}.weight"].to(torch.int64).numpy().T,
+        scale.numpy(),
+        offset=legacy[f"{name}.offset"].numpy() if f"{name}.offset" in legacy else None,
+        bias=legacy[f"{name}.bias"].numpy(),
+        bias_kind="int32",
+        out=str(out).removeprefix("torch."),
+        scale_kind="int64" if scale.dtype == torch.int64 else "float32",
+    )
+    return torch.from_numpy(np.ascontiguousarray(got))
+
+
+def _check_against_oracle(state: dict[str, Any], legacy: dict[str, torch.Tensor]) -> None:
+    model = _model()
+    model.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in CONFIG})
+    x = torch.randint(
+        -128, 128, (5, K), dtype=torch.int8, generator=torch.Generator().manual_seed(1)
+    )
+    for name in CONFIG:
+        layer = getattr(model, name)
+        assert layer.weight.dtype == torch.int8
+        y = layer(x)
+        want = _oracle(legacy, name, x)
+        assert y.dtype == want.dtype and torch.equal(y, want), name
+
+
+def _read_output(path: Path, target: str) -> dict[str, Any]:
+    if target == "dcp":
+        return compat.load_legacy(path)
+    if target == "torch":
+        return torch.load(path, weights_only=True)
+    return compat.load_legacy(path)
+
+
+def _digests(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_converted_dcp_loads_into_compat_modules_equal_to_the_oracle(
+    tmp_path: Path, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    legacy = _legacy_layers()
+    src = tmp_path / "ckpt"
+    extra: dict[str, Any] = {"norm.weight": torch.ones(K)}
+    if target in ("dcp", "torch"):
+        extra["step"] = 7  # non-tensor entries survive where the format can hold them
+    _save({**legacy, **extra}, src)
+    before = _digests(src)
+    dst = tmp_path / (
+        "out.pt" if target == "torch" else "out.safetensors" if target == "safetensors" else "out"
+    )
+    assert cli(["upgrade", str(src), str(dst), "--to", target, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "converted" and report["verified"] and report["kind"] == "dcp"
+    assert report["quant_layers"] == 3
+    assert _digests(src) == before  # the source is never touched
+    out = _read_output(dst, target)
+    assert out["norm.weight"].dtype == torch.float32
+    if "step" in extra:
+        assert out["step"] == 7
+    assert out["b.weight"].dtype == torch.int8  # F4 restored
+    _check_against_oracle(out, legacy)
+    assert not [p for p in tmp_path.iterdir() if "compat-tmp" in p.name]
+
+
+def test_dcp_output_is_readable_by_torch_distributed_checkpoint(tmp_path: Path) -> None:
+    legacy = _legacy_layers(2)
+    _save({**legacy, "step": 3}, tmp_path / "src")
+    assert cli(["upgrade", str(tmp_path / "src"), str(tmp_path / "dst"), "-q"]) == 0
+    metadata = FileSystemReader(str(tmp_path / "dst")).read_metadata()
+    state: dict[str, Any] = {
+        k: torch.empty(tuple(v.size), dtype=v.properties.dtype)
+        for k, v in metadata.state_dict_metadata.items()
+        if hasattr(v, "size")
+    }
+    state["step"] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp_load(state, checkpoint_id=str(tmp_path / "dst"))
+    assert state["step"] == 3
+    _check_against_oracle(state, legacy)
+
+
+def test_report_and_load_legacy_read_dcp_and_dry_run_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    legacy = _legacy_layers(3)
+    _save(legacy, tmp_path / "src")
+    assert cli(["upgrade", str(tmp_path / "src"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 quantized linear layers" in out and "dry run: would convert" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    state = compat.load_legacy(tmp_path / "src")
+    assert state["b.weight"].dtype == torch.int8
+    assert compat.upgrade_report(state).changed is False
+    _check_against_oracle(state, legacy)
+
+
+def test_in_place_keeps_a_backup(tmp_path: Path) -> None:
+    legacy = _legacy_layers(4)
+    src = tmp_path / "src"
+    _save(legacy, src)
+    before = _digests(src)
+    assert cli(["upgrade", str(src), "--in-place", "-q"]) == 0
+    assert _digests(tmp_path / "src.bak") == before
+    _check_against_oracle(compat.load_legacy(src), legacy)
+    after = _digests(src)
+    assert cli(["upgrade", str(src), "--in-place", "-q"]) == 0  # current now: nothing written
+    assert _digests(src) == after and _digests(tmp_path / "src.bak") == before
+    _save(_legacy_layers(5), tmp_path / "other")
+    (tmp_path / "other.bak").mkdir()  # an existing backup is never overwritten
+    assert cli(["upgrade", str(tmp_path / "other"), "--in-place", "-q"]) == 1
+    assert compat.upgrade_report(compat.load_legacy(tmp_path / "other")).changed is False
+
+
+SPAWN = r"""
+import os, sys, warnings
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+from torch.distributed.checkpoint.state_dict_saver import save
+sys.path.insert(0, {tests!r})
+import test_dcp
+
+def run(rank, path, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    legacy = test_dcp._legacy_layers(rank)
+    state = {{f"rank{{rank}}.{{k}}": v for k, v in legacy.items()}}
+    save(state, checkpoint_id=path)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(sys.argv[1], int(sys.argv[2])), nprocs=2)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_checkpoint_written_by_two_ranks(tmp_path: Path) -> None:
+    src = tmp_path / "two"
+    script = tmp_path / "spawn.py"
+    script.write_text(SPAWN.format(tests=str(ROOT / "tests")))
+    env = {**os.environ, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "PYTHONWARNINGS": "ignore"}
+    subprocess.run(
+        [sys.executable, str(script), str(src), str(_free_port())], check=True, env=env, timeout=240
+    )
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= {p.name for p in src.iterdir()}
+    assert cli(["upgrade", str(src), str(tmp_path / "out"), "-q"]) == 0
+    state = compat.load_legacy(tmp_path / "out")
+    for rank in (0, 1):
+        mine = {
+            k.removeprefix(f"rank{rank}."): v
+            for k, v in state.items()
+            if k.startswith(f"rank{rank}.")
+        }
+        _check_against_oracle(mine, _legacy_layers(rank))
+
+
+def _broken(tmp_path: Path, how: str) -> Path:
+    src = tmp_path / "src"
+    _save(_legacy_layers(5), src)
+    data = sorted(src.glob("*.distcp"))[0]
+    if how == "truncated":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif how == "no-metadata":
+        (src / ".metadata").unlink()
+    elif how == "missing-file":
+        data.unlink()
+    return src
+
+
+@pytest.mark.parametrize(
+    ("how", "names"),
+    [("truncated", ".distcp"), ("no-metadata", ".metadata"), ("missing-file", ".distcp")],
+)
+def test_broken_directories_are_clear_errors_and_dst_untouched(
+    tmp_path: Path, how: str, names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _broken(tmp_path, how)
+    dst = tmp_path / "dst"
+    assert cli(["upgrade", str(src), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert names in err and str(src) in err
+    assert {"truncated": "truncated", "no-metadata": "missing", "missing-file": "missing"}[
+        how
+    ] in err
+    assert not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    with pytest.raises(compat.CheckpointError, match=names.replace(".", r"\.")):
+        compat.load_legacy(src)
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("touch pwned",))
+
+
+def test_a_crafted_metadata_pickle_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    _save(_legacy_layers(6), src)
+    (src / ".metadata").write_bytes(pickle.dumps(_Evil()))
+    monkeypatch.chdir(tmp_path)
+    assert cli(["upgrade", str(src), "--dry-run"]) == 1
+    assert "refusing to unpickle the DCP metadata: it names posix.system" in capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_to_is_refused_for_other_sources_and_safetensors_refuses_objects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pt = tmp_path / "x.pt"
+    torch.save(_legacy_layers(), pt)
+    assert cli(["upgrade", str(pt), str(tmp_path / "y"), "--to", "dcp"]) == 2
+    assert (
+        "format conversion is supported from a torch.distributed.checkpoint"
+        in capsys.readouterr().err
+    )
+    _save({**_legacy_layers(), "step": 1}, tmp_path / "src")
+    assert (
+        cli(
+            [
+                "upgrade",
+                str(tmp_path / "src"),
+                str(tmp_path / "o.safetensors"),
+                "--to",
+                "safetensors",
+            ]
+        )
+        == 2
+    )
+    assert "non-tensor entries (step)" in capsys.readouterr().err
+
+
+KILL = r"""
+import sys
+from compat.cli import main
+sys.exit(main(["upgrade", sys.argv[1], sys.argv[2], "-q"]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_dst_old_or_absent(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(7)
+    state = {}
+    for i in range(12):  # ~50 MB of float weights (F4) to restore
+        state[f"l{i}.weight"] = torch.randint(-128, 128, (512, 2048), generator=g).float()
+        state[f"l{i}.scale"] = torch.rand(512, generator=g) * 1e-3
+        state[f"l{i}.offset"] = torch.zeros(512)
+    src = tmp_path / "src"
+    _save(state, src)
+    before = _digests(src)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for attempt, delay in enumerate((0.3, 0.8, 1.5, 2.5)):
+        dst = tmp_path / f"dst{attempt}"
+        proc = subprocess.Popen([sys.executable, "-c", KILL, str(src), str(dst)], env=env, cwd=ROOT)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if dst.exists():  # complete and valid, never partial
+            out = compat.load_legacy(dst)
+            assert all(out[f"l{i}.weight"].dtype == torch.int8 for i in range(12))
+            assert torch.equal(out["l3.weight"].float(), state["l3.weight"])
+        assert _digests(src) == before
+    # a rerun for the same destination removes what the killed run left, then converts
+    for attempt in range(4):
+        dst = tmp_path / f"dst{attempt}"
+        if not dst.exists():
+            assert cli(["upgrade", str(src), str(dst), "-q"]) == 0
+    assert not [p for p in tmp_path.iterdir() if "compat-tmp" in p.name]
