@@ -66,6 +66,13 @@ class TempFile:
                 self.discard()
                 raise
 
+    @classmethod
+    def adopt(cls, dst: Path, path: Path) -> TempFile:
+        """A finished temporary at ``path`` (written by another process) for ``dst``."""
+        tmp = cls.__new__(cls)
+        tmp.dst, tmp.path, tmp.file, tmp._discarded = dst, path, None, False
+        return tmp
+
     @property
     def committed(self) -> bool:
         """Whether :meth:`commit` moved the file into place: finished, not discarded,

@@ -30,6 +30,7 @@ class Request:
     output_dtypes: object = None
     progress: str = "auto"  # auto | always | never
     to: str | None = None  # output format of a DCP source: dcp | torch | safetensors | sharded
+    jobs: int | None = None  # worker processes for sharded sources; None: default_jobs()
 
 
 @dataclass
@@ -167,6 +168,21 @@ def _dcp_destination(req: Request, source: Source, dst: Path) -> Path:
     if not dst.parent.is_dir():
         raise UsageError(f"{dst.parent}: no such directory")
     return dst
+
+
+def default_jobs(largest_bytes: int) -> int:
+    """The usable cores, capped so that two copies of the largest shard per worker fit in
+    the available memory (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return max(cores, 1)
+    by_memory = available // max(2 * largest_bytes, 1)
+    return max(1, min(cores, int(by_memory)))
 
 
 def progress_for(req: Request, total: int) -> Progress:

@@ -56,6 +56,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "other sources keep their format",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes for the shards of a sharded checkpoint (default: the usable "
+        "cores, capped by memory); the commit stays all or nothing",
+    )
+    parser.add_argument(
         "--class",
         dest="classes",
         action="append",
@@ -163,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         output_dtypes = _output_dtypes(args.output_dtype)
     except ValueError as err:
         return _fail(args, 2, str(err))
+    if args.jobs is not None and args.jobs < 1:
+        return _fail(args, 2, f"--jobs {args.jobs}: must be at least 1")
     classes: dict[str, object] = {}
     for entry in args.classes:
         pickled, sep, target = entry.partition("=")
@@ -177,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle,
         classes=classes,
         to=args.to,
+        jobs=args.jobs,
         output_dtypes=output_dtypes,
         progress=args.progress,
     )

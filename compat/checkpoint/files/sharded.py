@@ -8,8 +8,10 @@ and then the index are replaced all or nothing (:func:`compat.checkpoint.commit.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
@@ -170,6 +172,76 @@ def _write_shard(
         return tmp
 
 
+def _shard_worker(
+    path: Path, name: str, own: UpgradeReport, target: Path, trust_pickle: bool
+) -> Path:
+    """In a worker process: reopen one shard, write and verify its upgraded copy as a
+    temporary next to ``target``; return the temporary's path (the parent commits)."""
+    if safetensors_file.is_safetensors(path):
+        shard = _Shard(name, path, "safetensors", st=SafetensorsFile(path))
+    else:
+        shard = _Shard(name, path, "torch", loaded=torchfile.load(path, trust_pickle=trust_pickle))
+    try:
+        tmp = _write_shard(shard, own, target, Progress(1, enabled=False))
+    finally:
+        if shard.st is not None:
+            shard.st.close()
+    return tmp.path
+
+
+def _write_shards(
+    req: Request,
+    shards: list[_Shard],
+    report: UpgradeReport,
+    targets: dict[str, Path],
+    progress: Progress,
+) -> list[atomic.TempFile]:
+    """Write and verify the upgraded shards as temporaries (nothing committed), in
+    ``req.jobs`` worker processes; on any failure every temporary is removed."""
+    largest = max((s.path.stat().st_size for s in shards), default=0)
+    jobs = min(req.jobs or request.default_jobs(largest), len(shards))
+    temps: list[atomic.TempFile] = []
+    try:
+        if jobs <= 1:
+            for shard in shards:
+                progress.phase(shard.name[:10])
+                temps.append(_write_shard(shard, report, targets[shard.name], progress))
+            return temps
+        if req.trust_pickle and req.classes:
+            raise UsageError("--class needs --jobs 1 (classes are not passed to workers)")
+        context = multiprocessing.get_context("spawn")
+        progress.phase(f"{jobs} jobs")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            futures = {
+                pool.submit(
+                    _shard_worker,
+                    s.path,
+                    s.name,
+                    _only(report, set(s.keys())),
+                    targets[s.name],
+                    req.trust_pickle,
+                ): s
+                for s in shards
+            }
+            errors = []
+            for future in concurrent.futures.as_completed(futures):
+                shard = futures[future]
+                try:
+                    temps.append(atomic.TempFile.adopt(targets[shard.name], future.result()))
+                except Exception as err:
+                    errors.append(f"{shard.name}: {err}")
+                progress.advance(2 * shard.path.stat().st_size)
+            if errors:
+                raise CheckpointError(errors)
+        order = {s.name: i for i, s in enumerate(shards)}
+        temps.sort(key=lambda t: order[t.dst.name])
+        return temps
+    except BaseException:
+        for t in temps:
+            t.discard()
+        raise
+
+
 def _only(report: UpgradeReport, keys: set[str]) -> UpgradeReport:
     """The part of a report about ``keys`` (one shard's tensors)."""
     groups = []
@@ -208,8 +280,8 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
                 if not report.changed:
                     result.status = "current"
                     return result
-                return _in_place(source, index, report, to_rewrite, progress, result)
-            return _to_dir(source, index, report, shards, to_rewrite, dst, progress, result)
+                return _in_place(req, source, index, report, to_rewrite, progress, result)
+            return _to_dir(req, source, index, report, shards, to_rewrite, dst, progress, result)
         finally:
             progress.close()
     finally:
@@ -219,6 +291,7 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
 
 
 def _in_place(
+    req: Request,
     source: Source,
     index: dict[str, Any],
     report: UpgradeReport,
@@ -232,9 +305,8 @@ def _in_place(
         atomic.remove_stale_temps(path)
     temps: list[atomic.TempFile] = []
     try:
-        for shard in to_rewrite:
-            progress.phase(shard.name[:10])
-            temps.append(_write_shard(shard, report, shard.path, progress))
+        targets = {s.name: s.path for s in to_rewrite}
+        temps.extend(_write_shards(req, to_rewrite, report, targets, progress))
         with commit.writing(source.path) as tmp:
             assert tmp.file is not None
             tmp.file.write(_new_index(index, report))
@@ -252,6 +324,7 @@ def _in_place(
 
 
 def _to_dir(
+    req: Request,
     source: Source,
     index: dict[str, Any],
     report: UpgradeReport,
@@ -265,13 +338,13 @@ def _to_dir(
     staging = atomic.temp_name(dst)
     staging.mkdir()
     try:
+        targets = {s.name: staging / s.name for s in to_rewrite}
+        for tmp in _write_shards(req, to_rewrite, report, targets, progress):
+            tmp.commit()
         for shard in shards.values():
             target = staging / shard.name
-            progress.phase(shard.name[:10])
-            if shard in to_rewrite:
-                tmp = _write_shard(shard, report, target, progress)
-                tmp.commit()
-            else:
+            if shard not in to_rewrite:
+                progress.phase(shard.name[:10])
                 with commit.writing(target) as tmp:
                     commit.copy_verified(shard.path, tmp, progress)
                     tmp.commit()
