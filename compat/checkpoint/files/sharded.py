@@ -189,6 +189,14 @@ def _shard_worker(
     return tmp.path
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def _write_shards(
     req: Request,
     shards: list[_Shard],
@@ -209,7 +217,9 @@ def _write_shards(
             return temps
         if req.trust_pickle and req.classes:
             raise UsageError("--class needs --jobs 1 (classes are not passed to workers)")
-        context = multiprocessing.get_context("spawn")
+        # not fork: a forked child of a process whose torch started its thread pools can
+        # deadlock. The fork server imports compat (and torch) once and forks the workers.
+        context = _worker_context()
         progress.phase(f"{jobs} jobs")
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
             futures = {

@@ -1,0 +1,144 @@
+"""Benchmark: ``python -m compat upgrade --jobs N`` on a >= 2 GB sharded checkpoint.
+
+    python benchmarks/bench_upgrade_jobs.py [--size-gb 2.1] [--shards 8] [--repeat 2]
+
+Writes a Hugging Face sharded safetensors checkpoint (float32 weights holding int8 values,
+F4, and torchair int64 scales, F2), then measures in fresh subprocesses, alternating in the
+same run: ``upgrade --jobs 1``, ``upgrade --jobs 2`` and ``cp -r`` of the same directory
+(the floor: reading and writing the bytes). Prints the median times, the ratios
+jobs 2 / jobs 1 (target <= 0.65 on 2 cores) and jobs 2 / cp -r (target <= 2), peak RSS
+(the wrapper's children: with --jobs 2 the larger of parent and workers is reported by
+the kernel as the maximum over all descendants) against the largest shard, and the
+CPU flags. Every file is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_upgrade import GIB, measure
+from safetensors.torch import save_file
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    wanted = ("avx2", "avx512f", "avx512_vnni", "amx_int8")
+    return " ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
+
+
+def make(path: Path, size: int, shards: int) -> int:
+    """``shards`` safetensors files of about ``size / shards`` bytes; the largest's size."""
+    path.mkdir()
+    n, k = 4096, 4096  # 64 MiB float32 per weight
+    per_shard = max(1, round(size / shards / (n * k * 4)))
+    g = torch.Generator().manual_seed(0)
+    weight_map: dict[str, str] = {}
+    largest = 0
+    for s in range(shards):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        state = {}
+        for j in range(per_shard):
+            p = f"layers.{s * per_shard + j}."
+            state[p + "weight"] = torch.randint(
+                -128, 128, (n, k), dtype=torch.int8, generator=g
+            ).float()
+            bits = (torch.rand(n, generator=g) * 1e-3).view(torch.int32).to(
+                torch.int64
+            ) & 0xFFFFE000
+            state[p + "scale"] = bits | (1 << 46)
+            state[p + "bias"] = torch.zeros(n, dtype=torch.int32)
+        save_file(state, str(path / name))
+        largest = max(largest, (path / name).stat().st_size)
+        weight_map.update(dict.fromkeys(state, name))
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    return largest
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-gb", type=float, default=2.1)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    size = int(args.size_gb * GIB)
+    base = args.dir or Path(tempfile.gettempdir())
+    if shutil.disk_usage(base).free < 3 * size + GIB:
+        raise SystemExit(f"not enough free disk in {base}")
+    work = Path(tempfile.mkdtemp(prefix="bench_jobs_", dir=base))
+    try:
+        src = work / "src"
+        largest = make(src, size, args.shards)
+        total = sum(p.stat().st_size for p in src.iterdir())
+        out = work / "out"
+        commands = {
+            "jobs 1": [
+                sys.executable,
+                "-m",
+                "compat",
+                "upgrade",
+                str(src),
+                str(out),
+                "-q",
+                "--jobs",
+                "1",
+            ],
+            "jobs 2": [
+                sys.executable,
+                "-m",
+                "compat",
+                "upgrade",
+                str(src),
+                str(out),
+                "-q",
+                "--jobs",
+                "2",
+            ],
+            "cp -r": ["cp", "-r", str(src), str(out)],
+        }
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in commands}
+        for _ in range(args.repeat):
+            for label, cmd in commands.items():
+                runs[label].append(measure(cmd))
+                shutil.rmtree(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    wall = {label: statistics.median(r["wall"] for r in rs) for label, rs in runs.items()}
+    peak = {label: max(r["peak"] for r in rs) for label, rs in runs.items()}
+    mib = 2**20
+    print(
+        f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, flags: {cpu_flags()}"
+    )
+    print(
+        f"checkpoint: {args.shards} shards, {total / mib:.0f} MiB, largest shard {largest / mib:.0f} MiB"
+    )
+    print(f"{'command':<8} {'median s':>9} {'runs s':>18} {'peak MiB':>9} {'/largest':>9}")
+    for label in commands:
+        times = ", ".join(f"{r['wall']:.2f}" for r in runs[label])
+        print(
+            f"{label:<8} {wall[label]:>9.2f} {times:>18} {peak[label] / mib:>9.0f} {peak[label] / largest:>9.2f}"
+        )
+    print(f"jobs 2 / jobs 1 = {wall['jobs 2'] / wall['jobs 1']:.2f} (target <= 0.65)")
+    print(f"jobs 2 / cp -r  = {wall['jobs 2'] / wall['cp -r']:.2f} (target <= 2)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
