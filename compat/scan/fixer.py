@@ -242,13 +242,18 @@ class _Planner:
 
         Needs the name to be bound by ``from ... import`` statements of the deprecated
         class only, each of which can get ``LinearQuant`` beside it (in the same statement,
-        or a new line importing it from where the fixer imports it from), and the name
-        ``LinearQuant`` to be free (or bound the same way next to it).
+        or a new line importing it from where the fixer imports it from), the name
+        ``LinearQuant`` to be free (or bound the same way next to it), and the class to be
+        imported from one family only (see :meth:`_import_families`).
         """
         if group.split is None:
             group.split = False
             edits: list[Edit] = []
-            ok = bool(group.bindings) and self._rename_conflict(group, REPLACEMENT) is None
+            ok = (
+                bool(group.bindings)
+                and self._rename_conflict(group, REPLACEMENT) is None
+                and len(self._import_families()) == 1
+            )
             for binding in group.bindings if ok else []:
                 if binding.kind != "import" or not is_deprecated(binding.qualname):
                     ok = False
@@ -261,6 +266,15 @@ class _Planner:
             if ok:
                 group.split, group.split_edits = True, edits
         return group.split
+
+    def _import_families(self) -> set[str | None]:
+        """The families the deprecated class is imported from anywhere in the file.
+
+        Fixing uses one by one binds the name ``LinearQuant``; with imports from both
+        torch_npu and compat, that name would stand for two classes, one shadowing the
+        other in nested scopes, so no uses are fixed that way then.
+        """
+        return {family(b.qualname) for _, b in self.table.imports if is_deprecated(b.qualname)}
 
     def _beside_edits(self, binding: Binding) -> list[Edit]:
         """Import LinearQuant next to the legacy import *binding* (nothing if it already is)."""
