@@ -640,6 +640,12 @@ class _Planner:
         if dtype is not None:
             spelled = dtype if shown == dtype else f"{shown} ({dtype})"
             raise FixError(f"output_dtype={spelled} was always rejected by LinearA8W8Quant")
+        if isinstance(value, ast.Name):
+            raise FixError(
+                f"output_dtype={shown}: {shown} is not bound exactly once, before this call and "
+                "in this function or at module level, to None, a dtype string or a torch "
+                "dtype; its value at run time (maybe a legacy string) cannot be mapped"
+            )
         raise FixError(
             f"output_dtype={shown} is neither None, a dtype string nor a torch dtype such as "
             "torch.int8; its value at run time (maybe a legacy string) cannot be mapped"
