@@ -34,7 +34,7 @@ FAILING = {
     "unfixable_calls": "ValueError: LinearA8W8Quant: argument 'output_dtype' is torch.int32",
 }
 # fixtures whose layers run a forward pass (so that outputs are compared)
-FORWARD = {"graph_helper", "model_constants", "upstream_unittest"}
+FORWARD = {"graph_helper", "local_constants", "model_constants", "upstream_unittest"}
 
 
 def _run(paths: list[Path]) -> dict[str, dict[str, Any]]:
