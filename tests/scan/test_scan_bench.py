@@ -29,6 +29,7 @@ def test_bench_runs_on_a_small_corpus(capsys: pytest.CaptureFixture[str]) -> Non
     assert bench.main(["--lines", "3000", "--repeat", "1", "--jobs", "1", "2"]) == 0
     out = capsys.readouterr().out
     assert "lines/s" in out and "jobs=2" in out
+    assert "ratio scan/ast.parse" in out and out.startswith("cpu: ")
 
 
 @pytest.mark.parametrize("legacy", [0, 1, 2])
