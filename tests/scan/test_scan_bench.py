@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import random
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +21,7 @@ def _load() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_scan", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its worker function is pickled by module name
     spec.loader.exec_module(module)
     return module
 
