@@ -1,17 +1,19 @@
 """Decide which uses can be fixed safely and rewrite them by splicing the source text.
 
 Only the exact spans of the affected names, arguments and imports are replaced, so
-formatting and comments elsewhere stay as they were. A name is only renamed when every
-use of it in the module can be fixed ("group" below: the bindings of one name in one
-scope and the loads that resolve to them); otherwise the whole group is left alone and
-each of its uses is reported with the reason.
+formatting and comments elsewhere stay as they were. A name's import is rewritten when
+every use of it in the module can be fixed ("group" below: the bindings of one name in
+one scope and the loads that resolve to them). Otherwise, where the name is bound only by
+imports of the deprecated class, each use that can be fixed on its own still is: it is
+renamed to ``LinearQuant``, imported beside the legacy import, which stays for the uses
+that remain (see :meth:`_Planner.splittable`); the others are reported with the reason.
 
 Call mapping (legacy positional order ``in_features, out_features, bias, offset, device,
 dtype, output_dtype``): positional arguments 3 to 7 become keywords; a missing or
-``None`` ``output_dtype`` becomes ``output_dtype=torch.int8``; string dtypes (any case,
-also through a module-level constant) become torch dtypes; a torch dtype attribute is
-kept; ``int32`` output, any other expression, ``*args``/``**kwargs`` and unknown keywords
-are not fixable.
+``None`` ``output_dtype`` becomes ``output_dtype=torch.int8``; string dtypes (any case)
+become torch dtypes; a torch dtype attribute is kept; a name bound once to such a literal
+before the call, in the same function or at module level, counts as the literal; ``int32``
+output, any other expression, ``*args``/``**kwargs`` and unknown keywords are not fixable.
 """
 
 from __future__ import annotations
