@@ -6,18 +6,27 @@
 The corpus is deterministic (seeded): model-like modules with imports, classes,
 methods, docstrings and comments; about one file in eight uses LinearA8W8Quant in one
 of the legacy forms. Timings include discovery, reading, the syntax check of every file,
-parsing and analysis of the files that mention the class, and worker start-up. Nothing
+parsing and analysis of the files that mention the class, and worker start-up. The
+baseline, timed in the same run with the same worker counts (each scan followed by one
+baseline run), reads the same files and
+runs ``ast.parse`` on each (a linter that parses every file); the ratio printed is scan
+rate / baseline rate. CPU model, usable cores and SIMD flags are printed first. Nothing
 is asserted unless --min-rate is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import multiprocessing
+import os
 import random
 import statistics
 import sys
 import tempfile
 import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +159,59 @@ def measure(directory: Path, jobs: int, repeat: int) -> tuple[list[float], int, 
     return times, lines, findings
 
 
+def cpu_line() -> str:
+    """CPU model, usable cores and the SIMD flags of this machine, on one line."""
+    model, flags = "unknown CPU", []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = value.split()
+    except OSError:
+        pass
+    simd = [f for f in flags if f.startswith(("sse", "ssse", "avx", "amx", "fma"))]
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return f"cpu: {model}, {cores} usable cores; flags: {' '.join(simd) or 'n/a'}"
+
+
+def _parse_chunk(paths: list[str]) -> int:
+    """Read and ``ast.parse`` each file (the trees are dropped); returns the line count."""
+    lines = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in paths:
+            with open(path, "rb") as handle:
+                text = handle.read().decode("utf-8")
+            ast.parse(text)
+            lines += text.count("\n")
+    return lines
+
+
+def measure_parse(directory: Path, jobs: int, repeat: int) -> tuple[list[float], int]:
+    """Wall times of *repeat* baseline runs (discovery, reading, ``ast.parse``)."""
+    times: list[float] = []
+    lines = 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        paths, _ = discover([str(directory)], Excludes())
+        if jobs <= 1:
+            lines = _parse_chunk(paths)
+        else:
+            count = min(len(paths), jobs * 8)
+            chunks = [paths[i::count] for i in range(count)]
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                lines = sum(pool.map(_parse_chunk, chunks))
+        times.append(time.perf_counter() - started)
+    return times, lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Generate the corpus, time the scans, print lines/s."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -164,16 +226,32 @@ def main(argv: list[str] | None = None) -> int:
         directory = args.keep or Path(temp)
         directory.mkdir(parents=True, exist_ok=True)
         files, lines, size = make_corpus(directory, args.lines)
+        print(cpu_line())
         print(f"corpus: {files} files, {lines} lines, {size / 1e6:.1f} MB in {directory}")
         best_rate: dict[int, float] = {}
         for jobs in args.jobs:
-            times, scanned, findings = measure(directory, jobs, args.repeat)
-            assert scanned == lines, (scanned, lines)
+            # interleaved, so that a busy neighbour slows both about equally
+            times, base_times = [], []
+            for _ in range(args.repeat):
+                scan_time, scanned, findings = measure(directory, jobs, 1)
+                base_time, parsed = measure_parse(directory, jobs, 1)
+                times += scan_time
+                base_times += base_time
+            assert scanned == lines == parsed, (scanned, lines, parsed)
             best, median = min(times), statistics.median(times)
+            base_best, base_median = min(base_times), statistics.median(base_times)
             best_rate[jobs] = lines / best
             print(
-                f"jobs={jobs}: best {best:.3f}s ({lines / best:,.0f} lines/s), "
+                f"jobs={jobs}: scan best {best:.3f}s ({lines / best:,.0f} lines/s), "
                 f"median {median:.3f}s ({lines / median:,.0f} lines/s), {findings} findings"
+            )
+            print(
+                f"jobs={jobs}: ast.parse best {base_best:.3f}s ({lines / base_best:,.0f} "
+                f"lines/s), median {base_median:.3f}s ({lines / base_median:,.0f} lines/s)"
+            )
+            print(
+                f"jobs={jobs}: ratio scan/ast.parse {base_best / best:.2f}x (best), "
+                f"{base_median / median:.2f}x (median)"
             )
     if args.min_rate is not None and best_rate.get(2, 0.0) < args.min_rate:
         print(f"below --min-rate {args.min_rate:,.0f} lines/s", file=sys.stderr)

@@ -1,17 +1,19 @@
 """Decide which uses can be fixed safely and rewrite them by splicing the source text.
 
 Only the exact spans of the affected names, arguments and imports are replaced, so
-formatting and comments elsewhere stay as they were. A name is only renamed when every
-use of it in the module can be fixed ("group" below: the bindings of one name in one
-scope and the loads that resolve to them); otherwise the whole group is left alone and
-each of its uses is reported with the reason.
+formatting and comments elsewhere stay as they were. A name's import is rewritten when
+every use of it in the module can be fixed ("group" below: the bindings of one name in
+one scope and the loads that resolve to them). Otherwise, where the name is bound only by
+imports of the deprecated class, each use that can be fixed on its own still is: it is
+renamed to ``LinearQuant``, imported beside the legacy import, which stays for the uses
+that remain (see :meth:`_Planner.splittable`); the others are reported with the reason.
 
 Call mapping (legacy positional order ``in_features, out_features, bias, offset, device,
 dtype, output_dtype``): positional arguments 3 to 7 become keywords; a missing or
-``None`` ``output_dtype`` becomes ``output_dtype=torch.int8``; string dtypes (any case,
-also through a module-level constant) become torch dtypes; a torch dtype attribute is
-kept; ``int32`` output, any other expression, ``*args``/``**kwargs`` and unknown keywords
-are not fixable.
+``None`` ``output_dtype`` becomes ``output_dtype=torch.int8``; string dtypes (any case)
+become torch dtypes; a torch dtype attribute is kept; a name bound once to such a literal
+before the call, in the same function or at module level, counts as the literal; ``int32``
+output, any other expression, ``*args``/``**kwargs`` and unknown keywords are not fixable.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class _Group:
     own: str | None = None  # reason the group cannot be converted (own conditions)
     own_done: bool = False
     convertible: bool | None = None
+    split: bool | None = None  # whether its fixable uses can move to LinearQuant one by one
+    split_edits: list[Edit] = field(default_factory=list)  # import LinearQuant beside it
 
 
 def plan(source: SourceText, tree: ast.Module, analysis: Analysis | None = None) -> Plan:
@@ -125,6 +129,7 @@ class _Planner:
         self.needs_torch: set[int] = set()  # sites whose fix adds ``import torch``
         self._torch_edit: Edit | str | None = None
         self._visiting: set[int] = set()
+        self._counts: dict[tuple[int, str], int] = {}  # (id(scope node), name) -> bindings
 
     # -- driver -------------------------------------------------------------------------
 
@@ -132,19 +137,31 @@ class _Planner:
         outcomes: list[Outcome] = []
         edits: list[Edit] = []
         converted: dict[int, _Group] = {}
+        split: dict[int, _Group] = {}
         for site in self.sites:
             reason = self.final(site)
             outcomes.append(Outcome(site, reason is None, reason))
             if reason is None:
                 edits.extend(self.site_edits.get(id(site), []))
-                groups = [self.group_of(site)]
-                if site.kind == "alias" and site.binding is not None:
-                    groups.append(self.group(site.binding.scope, site.binding.name))
-                for group in groups:
-                    if group is not None:
+                group = self.group_of(site)
+                if group is not None:
+                    if self.convertible(group):
                         converted[id(group)] = group
+                        target = group.new_name
+                    else:  # fixed on its own: the legacy import stays (see final)
+                        split[id(group)] = group
+                        target = REPLACEMENT
+                    ref = site.ref
+                    if ref is not None and isinstance(ref.node, ast.Name):
+                        if ref.node.id != target:
+                            edits.append(self._replace(ref.node, target))
+                if site.kind == "alias" and site.binding is not None:
+                    alias = self.group(site.binding.scope, site.binding.name)
+                    converted[id(alias)] = alias
         for group in converted.values():
             edits.extend(group.edits)
+        for group in split.values():
+            edits.extend(group.split_edits)
         if any(id(o.site) in self.needs_torch for o in outcomes if o.fixable):
             torch_edit = self.torch_import()
             assert isinstance(torch_edit, Edit)  # checked when the site was planned
@@ -158,8 +175,18 @@ class _Planner:
             if reason is not None:
                 return reason
         group = self.group_of(site)
-        if group is not None and not self.convertible(group):
-            return group.own or f"{group.name} cannot be renamed here"
+        if group is None or self.convertible(group):
+            return None
+        reason = group.own or f"{group.name} cannot be renamed here"
+        if not self.splittable(group):
+            return reason
+        if site.kind == "import":
+            return (
+                f"{reason}; the import stays while such a use remains (the fixable uses "
+                f"get {REPLACEMENT}, imported beside it)"
+            )
+        if site.ref is not None and site.ref.role == "del":
+            return f"del of {group.name} while other uses of it remain"
         return None
 
     # -- groups -------------------------------------------------------------------------
@@ -212,6 +239,77 @@ class _Planner:
         group.convertible = ok
         return ok
 
+    def splittable(self, group: _Group) -> bool:
+        """Whether the uses of *group* can be fixed one by one, the legacy import kept.
+
+        Needs the name to be bound by ``from ... import`` statements of the deprecated
+        class only, each of which can get ``LinearQuant`` beside it (in the same statement,
+        or a new line importing it from where the fixer imports it from), the name
+        ``LinearQuant`` to be free (or bound the same way next to it), and the class to be
+        imported from one family only (see :meth:`_import_families`).
+        """
+        if group.split is None:
+            group.split = False
+            edits: list[Edit] = []
+            ok = (
+                bool(group.bindings)
+                and self._rename_conflict(group, REPLACEMENT) is None
+                and len(self._import_families()) == 1
+            )
+            for binding in group.bindings if ok else []:
+                if binding.kind != "import" or not is_deprecated(binding.qualname):
+                    ok = False
+                    break
+                try:
+                    edits.extend(self._beside_edits(binding))
+                except FixError:
+                    ok = False
+                    break
+            if ok:
+                group.split, group.split_edits = True, edits
+        return group.split
+
+    def _import_families(self) -> set[str | None]:
+        """The families the deprecated class is imported from anywhere in the file.
+
+        Fixing uses one by one binds the name ``LinearQuant``; with imports from both
+        torch_npu and compat, that name would stand for two classes, one shadowing the
+        other in nested scopes, so no uses are fixed that way then.
+        """
+        return {family(b.qualname) for _, b in self.table.imports if is_deprecated(b.qualname)}
+
+    def _beside_edits(self, binding: Binding) -> list[Edit]:
+        """Import LinearQuant next to the legacy import *binding* (nothing if it already is)."""
+        stmt, alias = binding.stmt, binding.node
+        if not isinstance(stmt, ast.ImportFrom) or not isinstance(alias, ast.alias):
+            raise FixError("unexpected import form")
+        assert binding.qualname is not None
+        module = binding.qualname.rsplit(".", 1)[0]
+        fam = family(module)
+        assert fam is not None
+        if self._has_replacement(binding, fam):
+            return []
+        if module in EXPORTERS:
+            end = self.src.end(alias)
+            return [Edit(end, end, f", {REPLACEMENT}")]
+        start = self.src.start(stmt)
+        line_start = self.src.line_start(start)
+        indent = self.src.text[line_start:start]
+        last_line: int = getattr(stmt, "end_lineno", 1)
+        starts = self.src.line_starts
+        line_end = starts[last_line] if last_line < len(starts) else len(self.src.text)
+        rest = self.src.text[self.src.end(stmt) : line_end].strip()
+        if indent.strip() or (rest and not rest.startswith("#")):
+            raise FixError("the import shares its line with other code")
+        newline = self.src.newline()
+        prefix = "" if self.src.text[:line_end].endswith(("\n", "\r")) else newline
+        provider = PROVIDERS[fam]
+        return [
+            Edit(
+                line_end, line_end, f"{prefix}{indent}from {provider} import {REPLACEMENT}{newline}"
+            )
+        ]
+
     def own_reason(self, group: _Group) -> str | None:
         """Why *group* cannot be converted, judged by its own bindings and uses."""
         if group.own_done:
@@ -231,7 +329,7 @@ class _Planner:
         aliases = [b for b in group.bindings if self._alias_value_site(b) is not None]
         if len(aliases) > 1:
             return f"{name} is assigned more than once"
-        conflict = self._rename_conflict(group)
+        conflict = self._rename_conflict(group, group.new_name)
         if conflict is not None:
             return conflict
         for binding in group.bindings:
@@ -252,12 +350,13 @@ class _Planner:
         site = self.site_by_node.get(id(binding.value))
         return site if site is not None and site.kind == "alias" else None
 
-    def _rename_conflict(self, group: _Group) -> str | None:
-        if group.new_name == group.name:
+    def _rename_conflict(self, group: _Group, new_name: str) -> str | None:
+        """Why the uses of *group* cannot be renamed to *new_name* (None: they can)."""
+        if new_name == group.name:
             return None
         families = {family(b.qualname) for b in group.bindings if b.kind == "import" and b.qualname}
         for scope in self.table.scopes:
-            for binding in scope.bindings.get(group.new_name, []):
+            for binding in scope.bindings.get(new_name, []):
                 same = (
                     binding.kind == "import"
                     and binding.qualname is not None
@@ -267,7 +366,7 @@ class _Planner:
                 )
                 if not same:
                     line = _line(binding.node)
-                    return f"the name {group.new_name} is already bound at line {line}"
+                    return f"the name {new_name} is already bound at line {line}"
         return None
 
     def _binding_edits(self, group: _Group, binding: Binding) -> list[Edit]:
@@ -388,9 +487,7 @@ class _Planner:
         if ref is not None and isinstance(ref.node, ast.Attribute):
             edits.append(self._attribute_edit(ref.node, ref.scope))
         elif ref is not None and isinstance(ref.node, ast.Name):
-            group = self.group(self._owner(site), ref.node.id)
-            if group.new_name != ref.node.id:
-                edits.append(self._replace(ref.node, group.new_name))
+            self._replace(ref.node, REPLACEMENT)  # only checks: run() renames the fixed uses
         if site.kind == "call":
             edits.extend(self._call_edits(site))
         return edits
@@ -502,14 +599,17 @@ class _Planner:
     def _output_dtype(self, value: ast.expr | None, site: Site) -> str | None:
         """The torch dtype attribute to write for output_dtype (None: keep as written).
 
-        Fixable: no value, a literal None or dtype string (also a name bound once, at module
-        level, to such a string), or a torch dtype spelled through an import of torch
-        (``torch.float16``, ``th.half``). Any other expression may hold a legacy string at
-        run time, which LinearQuant would reject.
+        Fixable: no value, a literal None or dtype string, a torch dtype spelled through an
+        import of torch (``torch.float16``, ``th.half``), or a name bound once to one of
+        these in the same function or at module level (see :meth:`_constant`), taken as
+        if the literal were written at the call. Any other expression may hold a legacy
+        string at run time, which LinearQuant would reject.
         """
         if value is None:
             return "int8"
-        literal = self._module_string(value, site) if isinstance(value, ast.Name) else value
+        literal, literal_scope = value, site.scope
+        if isinstance(value, ast.Name):
+            literal, literal_scope = self._constant(value, site)
         if isinstance(literal, ast.Constant):
             if literal.value is None:
                 return "int8"
@@ -522,6 +622,17 @@ class _Planner:
                     raise FixError(f"unknown output_dtype string {literal.value!r}")
                 return mapped
             raise FixError(f"output_dtype={literal.value!r} is not a dtype")
+        if literal is not value:  # a constant bound to a torch dtype: as if written here
+            dtype = self._torch_dtype(literal, literal_scope)
+            if dtype in TORCH_DTYPES:
+                return None  # the name holds an accepted torch dtype: keep it
+            if dtype in INT32:
+                raise FixError(INT32_REASON)
+            assert dtype is not None  # _constant only follows torch attributes
+            raise FixError(
+                f"output_dtype={self._shown(value)} ({dtype}) was always rejected by "
+                "LinearA8W8Quant"
+            )
         dtype = self._torch_dtype(value, site.scope)
         if dtype in TORCH_DTYPES:
             return None
@@ -531,6 +642,12 @@ class _Planner:
         if dtype is not None:
             spelled = dtype if shown == dtype else f"{shown} ({dtype})"
             raise FixError(f"output_dtype={spelled} was always rejected by LinearA8W8Quant")
+        if isinstance(value, ast.Name):
+            raise FixError(
+                f"output_dtype={shown}: {shown} is not bound exactly once, before this call and "
+                "in this function or at module level, to None, a dtype string or a torch "
+                "dtype; its value at run time (maybe a legacy string) cannot be mapped"
+            )
         raise FixError(
             f"output_dtype={shown} is neither None, a dtype string nor a torch dtype such as "
             "torch.int8; its value at run time (maybe a legacy string) cannot be mapped"
@@ -556,32 +673,52 @@ class _Planner:
         names = {b.qualname if b.kind == "import" else None for b in owner.bindings[expr.id]}
         return names.pop() if len(names) == 1 else None
 
-    def _module_string(self, name: ast.Name, site: Site) -> ast.expr:
-        """The string literal a module-level constant holds, if *name* is one (else *name*).
+    def _constant(self, name: ast.Name, site: Site) -> tuple[ast.expr, Scope]:
+        """The literal a local or module-level constant holds (else *name*), and its scope.
 
-        Followed only for a name bound exactly once in the file's module scope, by a plain
-        assignment at the top level of the module made before *site* when *site* itself
-        runs at import time.
+        Followed only for a name bound exactly once in the function (or module) whose
+        binding *site* sees, by a plain assignment at the top level of that function's
+        (module's) body, to a literal: ``None``, a string, or a torch attribute spelled
+        through an import of torch (``torch.float16``). Any other binding of the name in
+        that function or module (a parameter, a loop target, ``+=``, ``del``, ``with ...
+        as``, an import, a ``global``/``nonlocal`` declaration anywhere) stops it. In a
+        function the assignment must come before *site*; at module level only when
+        *site* itself runs at import time.
         """
         owner = self.table.defining_scope(site.scope, name.id)
-        if owner is not self.table.module:
-            return name
+        if owner is None or owner.kind not in ("module", "function"):
+            return name, site.scope
+        body = getattr(owner.node, "body", None)
         bindings = owner.bindings[name.id]
-        if len(bindings) != 1:
-            return name
+        if not isinstance(body, list) or len(bindings) != 1:
+            return name, site.scope
         binding = bindings[0]
         value = binding.value
         if (
             binding.kind != "assign"
-            or binding.block is not self.tree.body
+            or binding.block is not body
+            or not isinstance(binding.stmt, ast.Assign | ast.AnnAssign)
             or binding.type_checking
-            or not isinstance(value, ast.Constant)
-            or not isinstance(value.value, str)
+            or binding.deferred
+            or value is None
+            or not self._is_literal(value, owner)
         ):
-            return name
-        if self._runs_inline(site.scope, owner) and not _before(binding.node, _at(site)):
-            return name
-        return value
+            return name, site.scope
+        inline = owner.kind == "function" or self._runs_inline(site.scope, owner)
+        if inline and not _before(binding.node, _at(site)):
+            return name, site.scope
+        key = (id(owner.node), name.id)
+        if key not in self._counts:
+            self._counts[key] = _binding_count(owner.node, name.id)
+        if self._counts[key] != 1:
+            return name, site.scope
+        return value, owner
+
+    def _is_literal(self, value: ast.expr, scope: Scope) -> bool:
+        """None, a string literal, or a torch attribute spelled through imports."""
+        if isinstance(value, ast.Constant):
+            return value.value is None or isinstance(value.value, str)
+        return isinstance(value, ast.Attribute) and self._torch_dtype(value, scope) is not None
 
     def _shown(self, node: ast.AST) -> str:
         """The source text of *node* on one line, shortened for a message."""
@@ -728,6 +865,35 @@ class _Planner:
         if self.src.text[line_start:begin].strip():
             return "cannot add `import torch`: the first statement shares its line"
         return Edit(line_start, line_start, f"import torch{line}")
+
+
+_SCOPE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _binding_count(node: ast.AST, name: str) -> int:
+    """How often *name* is bound anywhere inside *node* (nested scopes included).
+
+    Counts every store or ``del`` of the name, parameters, imports, definitions, except
+    and match captures; a ``global``/``nonlocal`` declaration of it counts as many. Made
+    from the tree itself, so it does not depend on which blocks the symbol table skipped.
+    """
+    count = 0
+    for child in ast.walk(node):
+        if isinstance(child, ast.Name):
+            count += child.id == name and not isinstance(child.ctx, ast.Load)
+        elif isinstance(child, ast.Global | ast.Nonlocal):
+            count += 2 * (name in child.names)
+        elif isinstance(child, ast.arg):
+            count += child.arg == name
+        elif isinstance(child, ast.alias):
+            count += (child.asname or child.name.split(".", 1)[0]) == name
+        elif isinstance(child, _SCOPE_NODES):
+            count += child.name == name and child is not node
+        elif isinstance(child, ast.ExceptHandler | ast.MatchAs | ast.MatchStar):
+            count += child.name == name
+        elif isinstance(child, ast.MatchMapping):
+            count += child.rest == name
+    return count
 
 
 def _line(node: ast.AST) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import random
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +21,7 @@ def _load() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_scan", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its worker function is pickled by module name
     spec.loader.exec_module(module)
     return module
 
@@ -29,6 +31,7 @@ def test_bench_runs_on_a_small_corpus(capsys: pytest.CaptureFixture[str]) -> Non
     assert bench.main(["--lines", "3000", "--repeat", "1", "--jobs", "1", "2"]) == 0
     out = capsys.readouterr().out
     assert "lines/s" in out and "jobs=2" in out
+    assert "ratio scan/ast.parse" in out and out.startswith("cpu: ")
 
 
 @pytest.mark.parametrize("legacy", [0, 1, 2])
