@@ -124,16 +124,19 @@ def main() -> int:
     peak = {label: max(r["peak"] for r in rs) for label, rs in runs.items()}
     mib = 2**20
     print(
-        f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, flags: {cpu_flags()}"
+        f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
+        f"flags: {cpu_flags()}"
     )
     print(
-        f"checkpoint: {args.shards} shards, {total / mib:.0f} MiB, largest shard {largest / mib:.0f} MiB"
+        f"checkpoint: {args.shards} shards, {total / mib:.0f} MiB, "
+        f"largest shard {largest / mib:.0f} MiB"
     )
     print(f"{'command':<8} {'median s':>9} {'runs s':>18} {'peak MiB':>9} {'/largest':>9}")
     for label in commands:
         times = ", ".join(f"{r['wall']:.2f}" for r in runs[label])
         print(
-            f"{label:<8} {wall[label]:>9.2f} {times:>18} {peak[label] / mib:>9.0f} {peak[label] / largest:>9.2f}"
+            f"{label:<8} {wall[label]:>9.2f} {times:>18} {peak[label] / mib:>9.0f} "
+            f"{peak[label] / largest:>9.2f}"
         )
     print(f"jobs 2 / jobs 1 = {wall['jobs 2'] / wall['jobs 1']:.2f} (target <= 0.65)")
     print(f"jobs 2 / cp -r  = {wall['jobs 2'] / wall['cp -r']:.2f} (target <= 2)")

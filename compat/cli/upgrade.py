@@ -61,7 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="worker processes for the shards of a sharded checkpoint (default: the usable "
-        "cores, capped by memory); the commit stays all or nothing",
+        "cores, capped by memory and by one per GiB to rewrite); the commit stays all or "
+        "nothing",
     )
     parser.add_argument(
         "--class",

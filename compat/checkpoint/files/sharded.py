@@ -189,12 +189,14 @@ def _shard_worker(
     return tmp.path
 
 
+_WORKER_BYTES = 2**30  # default --jobs: one worker per GiB of shards to rewrite, at most
+
+
 def _worker_context() -> multiprocessing.context.BaseContext:
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
+    """Fresh interpreters: forking a process that has imported torch (directly, or via a
+    fork server preloading it) deadlocked workers here, so each worker imports compat
+    itself, at about 1-2 s per worker."""
+    return multiprocessing.get_context("spawn")
 
 
 def _write_shards(
@@ -206,8 +208,12 @@ def _write_shards(
 ) -> list[atomic.TempFile]:
     """Write and verify the upgraded shards as temporaries (nothing committed), in
     ``req.jobs`` worker processes; on any failure every temporary is removed."""
-    largest = max((s.path.stat().st_size for s in shards), default=0)
-    jobs = min(req.jobs or request.default_jobs(largest), len(shards))
+    sizes = [s.path.stat().st_size for s in shards]
+    if req.jobs is None:  # a worker costs an interpreter start: only for >= 1 GiB each
+        jobs = min(request.default_jobs(max(sizes, default=0)), sum(sizes) // _WORKER_BYTES)
+    else:
+        jobs = req.jobs
+    jobs = max(1, min(jobs, len(shards)))
     temps: list[atomic.TempFile] = []
     try:
         if jobs <= 1:
@@ -217,8 +223,6 @@ def _write_shards(
             return temps
         if req.trust_pickle and req.classes:
             raise UsageError("--class needs --jobs 1 (classes are not passed to workers)")
-        # not fork: a forked child of a process whose torch started its thread pools can
-        # deadlock. The fork server imports compat (and torch) once and forks the workers.
         context = _worker_context()
         progress.phase(f"{jobs} jobs")
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
