@@ -72,9 +72,7 @@ def parse_output_dtype(
     dtype: torch.dtype | None
     if strings and isinstance(value, str):
         dtype = dtype_for_name(value, OUTPUT_DTYPES + tuple(allowed))
-        special = refuse(value, dtype) if refuse is not None else None
-        if special is not None:
-            raise special
+        _raise(refuse(value, dtype) if refuse is not None else None)
         if dtype is None or dtype not in allowed:
             raise ValueError(f"{func}: {param} is the string {value!r}; allowed: {text}")
         return dtype
@@ -84,9 +82,18 @@ def parse_output_dtype(
             f"{func}: {param} must be {kinds}, got {type(value).__name__} {value!r}; "
             f"allowed: {text}"
         )
-    special = refuse(value, value) if refuse is not None else None
-    if special is not None:
-        raise special
+    _raise(refuse(value, value) if refuse is not None else None)
     if value not in allowed:
         raise ValueError(f"{func}: {param} is {value}; allowed: {text}")
     return value
+
+
+def _raise(error: Exception | None) -> None:
+    """Raise ``error`` if given, holding no reference to it in a frame: a local would make
+    a cycle (exception -> traceback -> frame -> exception) that keeps the caller's
+    half-built object alive until the next garbage collection."""
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error
