@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT, run_python
 
 
@@ -80,20 +81,44 @@ def test_demo_passes_and_prints_table() -> None:
     assert "MISMATCH" not in done.stdout
 
 
-def test_demo_oracle_detects_a_wrong_formula(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The demo's check must be able to fail: break the bias placement and see it."""
-    from compat.cli import _demo_oracle
+def test_shipped_golden_vectors_are_the_oracles() -> None:
+    """compat/cli/demo_golden.json is exactly what tests/oracle.py computes today."""
+    sys.path.insert(0, str(ROOT / "tests" / "data"))
+    try:
+        import make_demo_golden
+    finally:
+        sys.path.pop(0)
+    assert make_demo_golden.TARGET.read_text() == make_demo_golden.golden_text()
 
-    original = _demo_oracle.linear64
 
-    def wrong(*args, **kwargs):  # type: ignore[no-untyped-def]
-        y = original(*args, **kwargs)
-        return y + 3.0  # as if an int32 bias of ~3/scale were misplaced
+def test_demo_detects_a_wrong_bias_placement(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's check must be able to fail: add the int32 bias after scaling instead of
+    before, in the library, and every layer mismatches."""
+    from compat.ops import reference
 
-    monkeypatch.setattr("compat.cli._demo_core.linear64", wrong)
+    real = reference.reference_quant_matmul
+
+    def late_bias(*args, bias=None, **kwargs):  # type: ignore[no-untyped-def]
+        y = real(*args, bias=None, **kwargs)
+        return y if bias is None or y.dtype == torch.int32 else (y.float() + bias).to(y.dtype)
+
+    monkeypatch.setattr(sys.modules["compat.ops.quant_matmul"], "reference_quant_matmul", late_bias)
     from compat.cli.demo import main_sections
 
     assert main_sections(seed=0, device="cpu") is False
+    out = capsys.readouterr().out
+    assert out.count("MISMATCH") >= 6  # the core and checkpoint layers
+
+
+def test_demo_seed_without_golden_vectors_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from compat.cli import main
+
+    assert main(["demo", "--seed", "5"]) == 2
+    assert "shipped for seed 0 only" in capsys.readouterr().err
 
 
 def test_demo_int8_check_detects_missing_fp19_truncation(
