@@ -34,13 +34,15 @@ from collections.abc import Callable, Sequence
 from types import FrameType, ModuleType
 from typing import Any
 
+from compat import upstream
+
 DISABLE_VAR = "LINEAR_QUANT_COMPAT_DISABLE"
 _TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 
-NAME = "LinearA8W8Quant"
-CONTRIB = "torch_npu.contrib"
-MODULE = "torch_npu.contrib.module"
-SUBMODULE = "torch_npu.contrib.module.linear_a8w8_quant"
+NAME = upstream.LEGACY_CLASS
+CONTRIB = upstream.CONTRIB
+MODULE = upstream.MODULE
+SUBMODULE = upstream.LEGACY_SUBMODULE
 WATCHED = frozenset({CONTRIB, MODULE, SUBMODULE})
 
 _FINDER_MARK = "linear_quant_compat_finder"
@@ -68,7 +70,7 @@ _upstream_class: type | None = None
 # The source is inlined in the .pth file, not shipped as a module: pytest rewrites the
 # modules of plugin distributions and warns about any already imported, which a
 # start-up module always would be.
-STARTUP_SOURCE = """\
+_STARTUP_TEMPLATE = """\
 import os, sys
 if os.environ.get("LINEAR_QUANT_COMPAT_DISABLE", "").strip().lower() not in (
     "1", "true", "yes", "on"
@@ -80,9 +82,9 @@ if os.environ.get("LINEAR_QUANT_COMPAT_DISABLE", "").strip().lower() not in (
     class LegacyImportStub:
         linear_quant_compat_stub = True
         watched = frozenset((
-            "torch_npu.contrib",
-            "torch_npu.contrib.module",
-            "torch_npu.contrib.module.linear_a8w8_quant",
+            "@CONTRIB@",
+            "@MODULE@",
+            "@SUBMODULE@",
         ))
 
         def find_spec(self, fullname, path=None, target=None):
@@ -117,6 +119,12 @@ if "compat._deprecation" not in sys.modules and any(
     else:
         apply_warnoptions()
 """
+# The watched module names come from compat.upstream, filled in once here.
+STARTUP_SOURCE = (
+    _STARTUP_TEMPLATE.replace("@CONTRIB@", CONTRIB)
+    .replace("@MODULE@", MODULE)
+    .replace("@SUBMODULE@", SUBMODULE)
+)
 
 
 def startup_pth_line() -> str:
@@ -291,7 +299,7 @@ def _detach(module: ModuleType) -> None:
     namespace = module.__dict__
     value = namespace.get(NAME)
     if isinstance(value, type):
-        if value.__module__ != "compat.nn.linear_a8w8_quant" and _upstream_class is None:
+        if value.__module__ != upstream.COMPAT_LEGACY_MODULE and _upstream_class is None:
             _upstream_class = value
         del namespace[NAME]
     previous = namespace.get("__getattr__")
@@ -359,7 +367,7 @@ def _unsafe_to_import_compat() -> bool:
 
 
 def _resolve(module_name: str) -> Any:
-    adapter = getattr(sys.modules.get("compat.nn.linear_a8w8_quant"), NAME, None)
+    adapter = getattr(sys.modules.get(upstream.COMPAT_LEGACY_MODULE), NAME, None)
     if adapter is not None:
         return adapter
     if _unsafe_to_import_compat():

@@ -93,8 +93,14 @@ def test_legacy_paths_resolve_to_the_adapter_and_warn_at_the_import_line(
             f"exec(compile(open({str(script)!r}).read(), {str(script)!r}, 'exec'))", standin=variant
         )
     )
-    # import torch_npu wakes the hook, which must not import compat.nn (nor compat.ops)
-    assert result["after_torch_npu"] == ["compat", "compat._legacy_imports", "compat._version"]
+    # import torch_npu wakes the hook, which must not import compat.nn (nor compat.ops);
+    # compat.upstream (torch-free) holds the module paths it watches
+    assert result["after_torch_npu"] == [
+        "compat",
+        "compat._legacy_imports",
+        "compat._version",
+        "compat.upstream",
+    ]
     assert result["same"] == [True, True, True]
     assert result["isinstance_upstream"] and result["isinstance_compat"]
     assert result["backend"] == "available"

@@ -11,9 +11,10 @@ new format is one new module registered here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from compat.checkpoint.request import Request, Result, Source, UsageError
 from compat.checkpoint.unpickler import Classes
@@ -21,37 +22,44 @@ from compat.checkpoint.upgrade import OutputDtypes, upgrade_state_dict
 from compat.formats.rules import Access
 
 
-class Opened(Protocol):
-    """A checkpoint opened for reading."""
+@dataclass
+class Opened:
+    """A checkpoint opened for reading: its tensor names in file order, the planner's
+    :class:`~compat.formats.rules.Access` to them, and how to close it. ``upgrade``: a
+    format's own in-memory upgrade (torch files hold dicts of state_dicts); ``objects``:
+    non-tensor entries kept beside the tensors."""
 
-    @property
-    def keys(self) -> list[str]:
-        """Every tensor name, in file order."""
-        ...
+    keys: list[str]
+    access: Access
+    closer: Callable[[], None] | None = None
+    upgrade: Callable[[OutputDtypes], Any] | None = None
+    objects: Callable[[], dict[str, Any]] | None = None
 
-    @property
-    def access(self) -> Access:
-        """The planner's access to the tensors' specs and values."""
-        ...
-
-    def close(self) -> None: ...
+    def close(self) -> None:
+        if self.closer is not None:
+            self.closer()
 
 
-class FileFormat(Protocol):
-    """One checkpoint file format (see the package docstring)."""
+Convert = Callable[[Request, Source, "Path | None"], Result]
 
-    name: str
+
+class FileFormat:
+    """One checkpoint file format (see the package docstring). A subclass provides
+    ``name``, :meth:`detect`, :meth:`open` and ``run`` (its module's conversion)."""
+
+    name: str = ""
+    run: Convert
 
     def detect(self, path: Path) -> Path | None:
         """The file to read if ``path`` is in this format (for a sharded checkpoint,
         its index), else None; raises UsageError for a path that is in this format but
         unusable."""
-        ...
+        raise NotImplementedError
 
     def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> Opened:
         """Open the (detected) file for planning; nothing is converted. ``classes``: see
         :data:`compat.checkpoint.unpickler.Classes` (trusted pickles only)."""
-        ...
+        raise NotImplementedError
 
     def load(
         self,
@@ -62,20 +70,21 @@ class FileFormat(Protocol):
         classes: Classes | None = None,
     ) -> Any:
         """The upgraded state_dict (or dict of state_dicts) the file holds, in memory."""
-        ...
+        opened = self.open(path, trust_pickle=trust_pickle, classes=classes)
+        try:
+            if opened.upgrade is not None:
+                return opened.upgrade(output_dtypes)
+            state = {key: opened.access.tensor(key) for key in opened.keys}
+            upgraded = upgrade_state_dict(state, output_dtypes=output_dtypes)
+            if opened.objects is not None:
+                upgraded.update(opened.objects())
+            return upgraded
+        finally:
+            opened.close()
 
     def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
         """Plan, write, verify and commit one conversion (DST None: a dry run)."""
-        ...
-
-
-def load_opened(opened: Opened, output_dtypes: OutputDtypes) -> dict[str, Any]:
-    """Every tensor of ``opened`` in memory, upgraded; ``opened`` is closed."""
-    try:
-        state = {key: opened.access.tensor(key) for key in opened.keys}
-    finally:
-        opened.close()
-    return upgrade_state_dict(state, output_dtypes=output_dtypes)
+        return type(self).run(req, source, dst)
 
 
 #: Formats in detection order; the last one (torch files) accepts any file. Filled at

@@ -42,19 +42,17 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.state_dict_loader import load as load_state_dict
 
-from compat.checkpoint import atomic, commit, request
+from compat.checkpoint import atomic, commit, files, request
 from compat.checkpoint.files import safetensors_file, torchfile
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Request, Result, Source, UsageError
 from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import (
-    OutputDtypes,
     UpgradeReport,
     plan_state_dict,
-    upgrade_state_dict,
 )
 from compat.formats.errors import CheckpointError
-from compat.formats.rules import CHUNK_ELEMENTS, KEEP, Access, KeyChange, Spec, transform_chunk
+from compat.formats.rules import CHUNK_ELEMENTS, KEEP, KeyChange, Spec, transform_chunk
 
 METADATA = ".metadata"
 #: ``--to`` choices for a DCP source
@@ -619,27 +617,12 @@ def _commit_directory(
     atomic.fsync_dir(final.parent)
 
 
-class _Opened:
-    def __init__(self, path: Path) -> None:
-        self._reader = _Reader(path)
-
-    @property
-    def keys(self) -> list[str]:
-        return list(self._reader.tensor_keys)
-
-    @property
-    def access(self) -> Access:
-        return self._reader
-
-    def close(self) -> None:
-        pass
-
-
-class DcpFormat:
+class DcpFormat(files.FileFormat):
     """A ``torch.distributed.checkpoint`` directory (recognised by ``.metadata`` or
     ``*.distcp`` files)."""
 
     name = "dcp"
+    run = staticmethod(convert)
 
     def detect(self, path: Path) -> Path | None:
         if not path.is_dir():
@@ -648,25 +631,11 @@ class DcpFormat:
             return path
         return None
 
-    def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> _Opened:
-        return _Opened(path)
-
-    def load(
-        self,
-        path: Path,
-        *,
-        trust_pickle: bool,
-        output_dtypes: OutputDtypes,
-        classes: Classes | None = None,
-    ) -> Any:
+    def open(
+        self, path: Path, *, trust_pickle: bool, classes: Classes | None = None
+    ) -> files.Opened:
         reader = _Reader(path)
-        state: dict[str, Any] = {key: reader.tensor(key) for key in reader.tensor_keys}
-        upgraded = upgrade_state_dict(state, output_dtypes=output_dtypes)
-        upgraded.update(reader.objects())
-        return upgraded
-
-    def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
-        return convert(req, source, dst)
+        return files.Opened(list(reader.tensor_keys), reader, objects=reader.objects)
 
 
 FORMAT: DcpFormat = DcpFormat()

@@ -32,7 +32,6 @@ from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Request, Result, Source
 from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import (
-    OutputDtypes,
     UpgradeReport,
     plan_state_dict,
 )
@@ -40,7 +39,6 @@ from compat.formats.errors import CheckpointError
 from compat.formats.rules import (
     CHUNK_ELEMENTS,
     RESTORE,
-    Access,
     NotInt8Error,
     Spec,
     restored_chunks,
@@ -513,45 +511,20 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
         sf.close()
 
 
-class _Opened:
-    def __init__(self, path: Path) -> None:
-        self._file = SafetensorsFile(path)
-
-    @property
-    def keys(self) -> list[str]:
-        return list(self._file.entries)
-
-    @property
-    def access(self) -> Access:
-        return self._file
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class SafetensorsFormat:
+class SafetensorsFormat(files.FileFormat):
     """One ``.safetensors`` file (recognised by its header, not its name)."""
 
     name = "safetensors"
+    run = staticmethod(convert)
 
     def detect(self, path: Path) -> Path | None:
         return path if path.is_file() and is_safetensors(path) else None
 
-    def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> _Opened:
-        return _Opened(path)
-
-    def load(
-        self,
-        path: Path,
-        *,
-        trust_pickle: bool,
-        output_dtypes: OutputDtypes,
-        classes: Classes | None = None,
-    ) -> Any:
-        return files.load_opened(_Opened(path), output_dtypes)
-
-    def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
-        return convert(req, source, dst)
+    def open(
+        self, path: Path, *, trust_pickle: bool, classes: Classes | None = None
+    ) -> files.Opened:
+        sf = SafetensorsFile(path)
+        return files.Opened(list(sf.entries), sf, sf.close)
 
 
 FORMAT: SafetensorsFormat = SafetensorsFormat()

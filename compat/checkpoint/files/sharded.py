@@ -29,12 +29,11 @@ from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Request, Result, Source, UsageError
 from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import (
-    OutputDtypes,
     UpgradeReport,
     plan_state_dict,
 )
 from compat.formats.errors import CheckpointError
-from compat.formats.rules import Access, DictAccess, Spec
+from compat.formats.rules import DictAccess, Spec
 
 
 @dataclass
@@ -380,31 +379,11 @@ def _to_dir(
     return result
 
 
-class _Opened:
-    def __init__(self, index_path: Path, trust_pickle: bool, classes: Classes | None) -> None:
-        self.index, self.weight_map = read_index(index_path)
-        self.shards = open_shards(index_path, self.weight_map, trust_pickle, classes)
-        owner = {key: self.shards[name] for key, name in self.weight_map.items()}
-        self._access = _MultiAccess(owner)
-
-    @property
-    def keys(self) -> list[str]:
-        return list(self.weight_map)
-
-    @property
-    def access(self) -> Access:
-        return self._access
-
-    def close(self) -> None:
-        for shard in self.shards.values():
-            if shard.st is not None:
-                shard.st.close()
-
-
-class ShardedFormat:
+class ShardedFormat(files.FileFormat):
     """A directory holding one ``*.index.json``, or that index file itself."""
 
     name = "sharded"
+    run = staticmethod(convert)
 
     def detect(self, path: Path) -> Path | None:
         if path.is_dir():
@@ -418,21 +397,19 @@ class ShardedFormat:
             return indexes[0]
         return path if path.name.endswith(".index.json") else None
 
-    def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> _Opened:
-        return _Opened(path, trust_pickle, classes)
+    def open(
+        self, path: Path, *, trust_pickle: bool, classes: Classes | None = None
+    ) -> files.Opened:
+        _index, weight_map = read_index(path)
+        shards = open_shards(path, weight_map, trust_pickle, classes)
+        owner = {key: shards[name] for key, name in weight_map.items()}
 
-    def load(
-        self,
-        path: Path,
-        *,
-        trust_pickle: bool,
-        output_dtypes: OutputDtypes,
-        classes: Classes | None = None,
-    ) -> Any:
-        return files.load_opened(_Opened(path, trust_pickle, classes), output_dtypes)
+        def close() -> None:
+            for shard in shards.values():
+                if shard.st is not None:
+                    shard.st.close()
 
-    def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
-        return convert(req, source, dst)
+        return files.Opened(list(weight_map), _MultiAccess(owner), close)
 
 
 FORMAT: ShardedFormat = ShardedFormat()

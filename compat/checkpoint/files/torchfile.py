@@ -17,7 +17,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from compat.checkpoint import atomic, commit, request, unpickler
+from compat.checkpoint import atomic, commit, files, request, unpickler
 from compat.checkpoint.pages import PageReleaser
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Request, Result, Source
@@ -25,7 +25,7 @@ from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import OutputDtypes, UpgradeReport, apply_report, plan_state_dict
 from compat.formats.errors import CheckpointError
 from compat.formats.loading import module_context
-from compat.formats.rules import CHUNK_ELEMENTS, DECODE, RESTORE, Access, Context, DictAccess
+from compat.formats.rules import CHUNK_ELEMENTS, DECODE, RESTORE, Context, DictAccess
 from compat.nn.linear_quant import LinearQuant
 
 Location = tuple[str, ...]  # where a state_dict sits in the loaded object: () or (key,)
@@ -573,61 +573,29 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
         progress.close()
 
 
-class _Opened:
-    """A torch file holding one flat state_dict, opened for planning."""
-
-    def __init__(self, loaded: Loaded) -> None:
-        if not is_state_dict(loaded.obj):
-            raise CheckpointError(f"{loaded.path}: not one flat state_dict")
-        self._loaded = loaded
-        release = loaded.releaser.release if loaded.releaser is not None else None
-        self._access = DictAccess(loaded.obj, release)
-
-    @property
-    def keys(self) -> list[str]:
-        return [k for k, v in self._loaded.obj.items() if isinstance(v, torch.Tensor)]
-
-    @property
-    def access(self) -> Access:
-        return self._access
-
-    @property
-    def loaded(self) -> Loaded:
-        return self._loaded
-
-    def close(self) -> None:
-        pass
-
-
-class TorchFormat:
+class TorchFormat(files.FileFormat):
     """``torch.save`` files (zip or legacy serialization); the catch-all format."""
 
     name = "torch"
+    run = staticmethod(convert)
 
     def detect(self, path: Path) -> Path | None:
         return path if path.is_file() else None
 
-    def open(self, path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> _Opened:
+    def open(
+        self, path: Path, *, trust_pickle: bool, classes: Classes | None = None
+    ) -> files.Opened:
         loaded = load(path, trust_pickle=trust_pickle, classes=classes)
         if loaded.zip:
             check_zip_crc(path)
-        return _Opened(loaded)
+        flat = loaded.obj if is_state_dict(loaded.obj) else {}
+        keys = [k for k, v in flat.items() if isinstance(v, torch.Tensor)]
+        release = loaded.releaser.release if loaded.releaser is not None else None
 
-    def load(
-        self,
-        path: Path,
-        *,
-        trust_pickle: bool,
-        output_dtypes: OutputDtypes,
-        classes: Classes | None = None,
-    ) -> Any:
-        loaded = load(path, trust_pickle=trust_pickle, classes=classes)
-        if loaded.zip:
-            check_zip_crc(path)
-        return apply(loaded.obj, plan(loaded, output_dtypes))
+        def upgrade(output_dtypes: OutputDtypes) -> Any:
+            return apply(loaded.obj, plan(loaded, output_dtypes))
 
-    def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
-        return convert(req, source, dst)
+        return files.Opened(keys, DictAccess(flat, release), upgrade=upgrade)
 
 
 FORMAT: TorchFormat = TorchFormat()
