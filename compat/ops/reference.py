@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from compat.ops.encoding import decode, encode
+from compat.ops.checks import compiling
+from compat.ops.encoding import decode, fold
 from compat.ops.intmm import int_matmul
 from compat.ops.schemes import A8W8, Scheme
+
+# float32 elements of the accumulator block converted and scaled at a time (256 KiB)
+_BLOCK_ELEMENTS = 2**16
 
 
 def accumulate(
@@ -85,10 +89,7 @@ def effective_scale(
         s, off = decode(scale)
         return s, off
     if folds_float_scale(scale.dtype, output_dtype, has_pertoken=has_pertoken):
-        if offset is not None:
-            scale, offset = torch.broadcast_tensors(scale, offset)
-        s, off = decode(encode(scale, offset, 0))
-        return s, (off if offset is not None else None)
+        return fold(scale, offset)
     return scale.to(torch.float32), None
 
 
@@ -115,21 +116,55 @@ def reference_quant_matmul(
     s, off = effective_scale(
         scale, offset, output_dtype=output_dtype, has_pertoken=pertoken_scale is not None
     )
-    # int32 * float32 promotes to float32: each acc is converted to float32 (rounding
-    # to nearest even, as .to(torch.float32) does) and then multiplied, in one pass.
-    y = torch.mul(acc, s)
-    if pertoken_scale is not None:
-        y = y * pertoken_scale.unsqueeze(-1)
-    if bias is not None and not int_bias:
-        y = y + bias.to(torch.float32)  # float bias: after scale and pertoken, in float32
-    if output_dtype == torch.int8:
-        # int8 output cannot carry gradients, so the fresh tensor t is updated in place.
-        # A float -> integer cast of NaN or of an out-of-range value is undefined in C++
-        # (scalar and SIMD paths differ), so every value is made finite and in range first.
-        # NaN (a NaN scale, pertoken scale or float bias; CANN forbids NaN scales, spec
-        # docs/ops.md §2.1, and the hardware result is UNCONFIRMED) is defined here as 0.
-        t = torch.round(y).nan_to_num_(nan=0.0).clamp_(-256, 255)  # 9-bit stage (docs/ops.md §2.4)
-        if off is not None:
-            t.add_(off)
-        return t.clamp_(-128, 127).to(torch.int8)
-    return y.to(output_dtype)  # float16 / bfloat16: round half-to-even
+    float_bias = None if bias is None or int_bias else bias.to(torch.float32)
+    return epilogue(acc, s, off, pertoken_scale, float_bias, output_dtype)
+
+
+def _block_rows(rows: int, n: int) -> int:
+    """Rows of the accumulator put through the epilogue at a time: a float32 block of
+    about ``_BLOCK_ELEMENTS`` stays in cache between the passes (one block when traced:
+    inductor fuses the passes itself)."""
+    if compiling():
+        return rows
+    return max(1, min(rows, _BLOCK_ELEMENTS // max(n, 1)))
+
+
+def epilogue(
+    acc: torch.Tensor,
+    s: torch.Tensor,
+    off: torch.Tensor | None,
+    pertoken: torch.Tensor | None,
+    float_bias: torch.Tensor | None,
+    output_dtype: torch.dtype,
+) -> torch.Tensor:
+    """The float epilogue of docs/ops.md §2.3-§2.4 on the int32 accumulator ``acc``
+    (int32 bias already added): float32 conversion, scale, pertoken, float bias, then the
+    output conversion. The passes run in place on float32 blocks of rows that stay in
+    cache, each a single float32 operation rounded once, as the formula has it."""
+    n = acc.shape[-1]
+    acc2 = acc.reshape(-1, n)
+    out = torch.empty(acc2.shape, dtype=output_dtype, device=acc.device)
+    rows = _block_rows(acc2.shape[0], n)
+    buf = torch.empty((rows, n), dtype=torch.float32, device=acc.device)
+    # the same (m,) row scales for every batch element (docs/ops.md, UNCONFIRMED table)
+    p = None if pertoken is None else pertoken.repeat(acc2.shape[0] // acc.shape[-2])[:, None]
+    for start in range(0, acc2.shape[0], rows):
+        stop = min(start + rows, acc2.shape[0])
+        y = buf[: stop - start]
+        y.copy_(acc2[start:stop])  # int32 -> float32, round to nearest even
+        y.mul_(s)
+        if p is not None:
+            y.mul_(p[start:stop])
+        if float_bias is not None:
+            y.add_(float_bias)  # after scale and pertoken, in float32
+        if output_dtype == torch.int8:
+            # A float -> integer cast of NaN or of an out-of-range value is undefined in
+            # C++ (scalar and SIMD paths differ), so every value is made finite and in
+            # range first. NaN (a NaN scale, pertoken scale or float bias; CANN forbids
+            # NaN scales, docs/ops.md §2.1, the hardware result is UNCONFIRMED) is 0.
+            y.round_().nan_to_num_(nan=0.0).clamp_(-256, 255)  # 9-bit stage, §2.4
+            if off is not None:
+                y.add_(off)
+            y.clamp_(-128, 127)
+        out[start:stop].copy_(y)  # float16 / bfloat16: round half-to-even
+    return out.reshape(acc.shape)
