@@ -35,10 +35,14 @@ def cpu_flags() -> str:
     """Which of avx2, avx512_vnni and amx_int8 /proc/cpuinfo lists (Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
     except OSError:
         return "CPU flags: unknown (no /proc/cpuinfo)"
-    return "CPU flags: " + ", ".join(f"{name} {'yes' if name in flags else 'no'}" for name in _FLAGS)
+    return "CPU flags: " + ", ".join(
+        f"{name} {'yes' if name in flags else 'no'}" for name in _FLAGS
+    )
 
 
 def operand(x: torch.Tensor, three_d: bool) -> torch.Tensor:
