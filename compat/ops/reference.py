@@ -1,7 +1,10 @@
 """Pure-PyTorch reference of ``npu_quant_matmul`` (docs/ops.md §2.3 and §6).
 
-Device-agnostic, meta-friendly and free of data-dependent control flow, so that
-``torch.compile(fullgraph=True)`` traces it without graph breaks. Inputs are assumed
+Device-agnostic and meta-friendly; while traced it has no data-dependent control flow,
+so that ``torch.compile(fullgraph=True)`` traces it without graph breaks (in eager mode
+on CPU one check of the int32 bias range skips the wrap-around terms, see
+:func:`wrap_terms`). The epilogue runs in place on blocks of rows of float32 that stay
+in cache (one block when traced), issue 13: docs/performance.md. Inputs are assumed
 already validated by :func:`compat.ops.quant_matmul.quant_matmul`.
 
 Float arithmetic is float32 like the hardware: the int32 accumulator is converted to
