@@ -74,14 +74,30 @@ def encode(
     s19 = (u & _FP19_MASK) if round_mode == 0 else _round_to_fp19_bits(u)
     q = s19 | _FLAG
     if offset is not None:
-        # rint half-to-even, then saturate to the 9-bit field (clamp in float first so
-        # that +-inf saturate instead of overflowing the integer conversion). NaN, which
-        # the public callers reject where they can see values (not while tracing), is
-        # mapped to 0 rather than left to an undefined float -> integer cast.
-        o = torch.round(offset).nan_to_num(nan=0.0).clamp(_OFFSET_MIN, _OFFSET_MAX)
-        o = o.to(torch.int64)
+        o = saturated_offset(offset).to(torch.int64)
         q = q | ((o & 0x1FF) << _OFFSET_SHIFT)
     return q
+
+
+def saturated_offset(offset: torch.Tensor) -> torch.Tensor:
+    """The offset as the 9-bit field holds it, as float32 values in [-256, 255].
+
+    rint half-to-even, then saturation (clamped in float, so that +-inf saturate instead
+    of overflowing an integer conversion). NaN, which the public callers reject where
+    they can see values (not while tracing), is mapped to 0 rather than left to an
+    undefined float -> integer cast.
+    """
+    o = torch.round(offset.to(torch.float32)).nan_to_num_(nan=0.0)
+    return o.clamp_(_OFFSET_MIN, _OFFSET_MAX)
+
+
+def fold(
+    scale: torch.Tensor, offset: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``decode(encode(scale, offset, 0))`` without building the int64 params: the fp19
+    scale and the saturated offset (None without an offset), float32, unchecked."""
+    s = fp19(scale)
+    return s, (None if offset is None else saturated_offset(offset))
 
 
 def decode(param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,9 +66,11 @@ def parse_output_dtype(
     dtype)`` may return a more specific exception for a value (e.g. the legacy class's
     int32), checked before ``allowed``.
     """
-    text = allowed_text(allowed, none=none, strings=strings)
     if value is None:
         return none
+    if refuse is None and isinstance(value, torch.dtype) and value in allowed:
+        return value  # the common case, without building the message text
+    text = allowed_text(allowed, none=none, strings=strings)
     dtype: torch.dtype | None
     if strings and isinstance(value, str):
         dtype = dtype_for_name(value, OUTPUT_DTYPES + tuple(allowed))

@@ -115,6 +115,16 @@ def _is_transposed_2d(x: torch.Tensor) -> bool:
     return x.stride(-2) == 1 and x.stride(-1) == rows
 
 
+def _broadcast_batch(a: torch.Size, b: torch.Size) -> tuple[int, ...]:
+    """The broadcast of two batch shapes; equal or empty ones without torch's general
+    (slower) routine."""
+    if a == b or not b:
+        return tuple(a)
+    if not a:
+        return tuple(b)
+    return tuple(torch.broadcast_shapes(a, b))
+
+
 def _check_shapes(
     x1: torch.Tensor,
     x2: torch.Tensor,
@@ -180,7 +190,7 @@ def _check_shapes(
                 f"most {MAX_LAST_DIM}" + (f" ({'; '.join(notes)})" if notes else "")
             )
     try:
-        batch = tuple(torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2]))
+        batch = _broadcast_batch(x1.shape[:-2], x2.shape[:-2])
     except RuntimeError:
         raise ValueError(
             f"{_FUNC}: batch dims of x1 {tuple(x1.shape[:-2])} and x2 {tuple(x2.shape[:-2])} do "

@@ -1,7 +1,10 @@
 """Pure-PyTorch reference of ``npu_quant_matmul`` (docs/ops.md §2.3 and §6).
 
-Device-agnostic, meta-friendly and free of data-dependent control flow, so that
-``torch.compile(fullgraph=True)`` traces it without graph breaks. Inputs are assumed
+Device-agnostic and meta-friendly; while traced it has no data-dependent control flow,
+so that ``torch.compile(fullgraph=True)`` traces it without graph breaks (in eager mode
+on CPU one check of the int32 bias range skips the wrap-around terms, see
+:func:`wrap_terms`). The epilogue runs in place on blocks of rows of float32 that stay
+in cache (one block when traced), issue 13: docs/performance.md. Inputs are assumed
 already validated by :func:`compat.ops.quant_matmul.quant_matmul`.
 
 Float arithmetic is float32 like the hardware: the int32 accumulator is converted to
@@ -13,9 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from compat.ops.encoding import decode, encode
+from compat.ops.checks import compiling
+from compat.ops.encoding import decode, fold
 from compat.ops.intmm import int_matmul
 from compat.ops.schemes import A8W8, Scheme
+
+# float32 elements of the accumulator block converted and scaled at a time (256 KiB)
+_BLOCK_ELEMENTS = 2**16
 
 
 def accumulate(
@@ -33,20 +40,36 @@ def accumulate(
     return int_matmul(x1, x2)
 
 
-def _wrapping_add_int32_(acc: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``acc += bias`` in place, with int32 two's complement wrap-around (the vendor
-    golden wraps; the hardware behaviour on overflow is UNCONFIRMED, docs/ops.md §2.4).
+BiasTerms = tuple[torch.Tensor, torch.Tensor | None]
 
-    No int64 temporary of the accumulator's size and no int32 overflow: |acc| < 2**30
-    (at most 128 * 128 * 65535 for A8W8, less for A4W4), so each bias value is first
-    moved into [-2**30, 2**30) by adding or subtracting 2**31 (a few ops on the small
-    bias, in int64), the add then stays inside int32, and the 2**31 taken out is put
-    back by flipping the sign bit, which is exactly addition of 2**31 modulo 2**32.
+
+def wrap_terms(bias: torch.Tensor) -> BiasTerms:
+    """``(near, flip)`` such that ``(acc + near) ^ flip`` is ``acc + bias`` with int32
+    two's complement wrap-around (the vendor golden wraps; the hardware behaviour on
+    overflow is UNCONFIRMED, docs/ops.md §2.4), with no int32 overflow on the way.
+
+    |acc| < 2**30 (at most 128 * 128 * 65535 for A8W8, less for A4W4), so each bias
+    value is first moved into [-2**30, 2**30) by adding or subtracting 2**31 (a few ops
+    on the small bias, in int64), the add then stays inside int32, and the 2**31 taken
+    out is put back by flipping the sign bit (``flip``), which is exactly addition of
+    2**31 modulo 2**32. Where every bias value is in range already (checked on CPU
+    outside tracing), ``near`` is the bias and ``flip`` None.
     """
+    if bias.device.type == "cpu" and not compiling():
+        lo, hi = torch.aminmax(bias)
+        if -(2**30) <= int(lo) and int(hi) < 2**30:
+            return bias, None
     wide = bias.to(torch.int64)
     near = ((wide + 2**30) & (2**31 - 1)) - 2**30  # == wide (mod 2**31), in [-2**30, 2**30)
     flip = torch.where(near != wide, -(2**31), 0).to(torch.int32)  # the sign bit, or 0
-    return acc.add_(near.to(torch.int32)).bitwise_xor_(flip)
+    return near.to(torch.int32), flip
+
+
+def add_wrapping_(acc: torch.Tensor, terms: BiasTerms) -> torch.Tensor:
+    """``acc += bias`` in place with int32 wrap-around, ``terms`` from :func:`wrap_terms`."""
+    near, flip = terms
+    acc.add_(near)
+    return acc if flip is None else acc.bitwise_xor_(flip)
 
 
 def folds_float_scale(
@@ -85,10 +108,7 @@ def effective_scale(
         s, off = decode(scale)
         return s, off
     if folds_float_scale(scale.dtype, output_dtype, has_pertoken=has_pertoken):
-        if offset is not None:
-            scale, offset = torch.broadcast_tensors(scale, offset)
-        s, off = decode(encode(scale, offset, 0))
-        return s, (off if offset is not None else None)
+        return fold(scale, offset)
     return scale.to(torch.float32), None
 
 
@@ -106,30 +126,96 @@ def reference_quant_matmul(
 ) -> torch.Tensor:
     """Compute ``npu_quant_matmul`` exactly as docs/ops.md §6 describes."""
     acc = accumulate(x1, x2, scheme=scheme, x2_transposed=x2_transposed)  # a fresh tensor
-    int_bias = bias is not None and bias.dtype == torch.int32
-    if int_bias:
-        assert bias is not None
-        acc = _wrapping_add_int32_(acc, bias)  # before any scaling
+    int_bias = None
+    float_bias = None
+    if bias is not None:
+        if bias.dtype == torch.int32:
+            int_bias = wrap_terms(bias)  # joins the accumulator before any scaling
+        else:
+            float_bias = bias.to(torch.float32)  # after scale and pertoken, in float32
     if output_dtype == torch.int32:
-        return acc  # the scale value is ignored for int32 output
+        # the scale value is ignored for int32 output
+        return acc if int_bias is None else add_wrapping_(acc, int_bias)
     s, off = effective_scale(
         scale, offset, output_dtype=output_dtype, has_pertoken=pertoken_scale is not None
     )
-    # int32 * float32 promotes to float32: each acc is converted to float32 (rounding
-    # to nearest even, as .to(torch.float32) does) and then multiplied, in one pass.
-    y = torch.mul(acc, s)
-    if pertoken_scale is not None:
-        y = y * pertoken_scale.unsqueeze(-1)
-    if bias is not None and not int_bias:
-        y = y + bias.to(torch.float32)  # float bias: after scale and pertoken, in float32
-    if output_dtype == torch.int8:
-        # int8 output cannot carry gradients, so the fresh tensor t is updated in place.
-        # A float -> integer cast of NaN or of an out-of-range value is undefined in C++
-        # (scalar and SIMD paths differ), so every value is made finite and in range first.
-        # NaN (a NaN scale, pertoken scale or float bias; CANN forbids NaN scales, spec
-        # docs/ops.md §2.1, and the hardware result is UNCONFIRMED) is defined here as 0.
-        t = torch.round(y).nan_to_num_(nan=0.0).clamp_(-256, 255)  # 9-bit stage (docs/ops.md §2.4)
-        if off is not None:
-            t.add_(off)
-        return t.clamp_(-128, 127).to(torch.int8)
-    return y.to(output_dtype)  # float16 / bfloat16: round half-to-even
+    return epilogue(
+        acc, s, off, pertoken_scale, int_bias=int_bias, float_bias=float_bias, out=output_dtype
+    )
+
+
+def _block_rows(rows: int, n: int) -> int:
+    """Rows of the accumulator put through the epilogue at a time: a float32 block of
+    about ``_BLOCK_ELEMENTS`` stays in cache between the passes (one block when traced:
+    inductor fuses the passes itself)."""
+    if compiling():
+        return rows
+    return max(1, min(rows, _BLOCK_ELEMENTS // max(n, 1)))
+
+
+def epilogue(
+    acc: torch.Tensor,
+    s: torch.Tensor,
+    off: torch.Tensor | None,
+    pertoken: torch.Tensor | None,
+    *,
+    int_bias: BiasTerms | None,
+    float_bias: torch.Tensor | None,
+    out: torch.dtype,
+) -> torch.Tensor:
+    """docs/ops.md §2.3-§2.4 on the exact int32 accumulator ``acc`` (a fresh tensor,
+    overwritten): int32 bias (wrapping), float32 conversion, scale, pertoken, float bias,
+    then the output conversion, with explicit saturation before an integer cast.
+
+    Every pass is one float32 operation rounded once, as the formula has it, run in place
+    on blocks of rows that stay in cache. Batches are processed one at a time where a
+    pertoken scale or a (batch, 1, n) bias differs per row of a batch; else all rows are
+    one sequence.
+    """
+    n, m = acc.shape[-1], acc.shape[-2]
+    per_batch = pertoken is not None or any(
+        t is not None and t.dim() == 3
+        for t in (None if int_bias is None else int_bias[0], float_bias)
+    )
+    groups = acc.numel() // (m * n) if per_batch else 1
+    acc3 = acc.reshape(groups, -1, n)
+    result = torch.empty(acc3.shape, dtype=out, device=acc.device)
+    rows = acc3.shape[1]
+    block = _block_rows(rows, n)
+    buf = torch.empty((block, n), dtype=torch.float32, device=acc.device)
+    p = None if pertoken is None else pertoken.to(torch.float32).unsqueeze(-1)
+    for g in range(groups):
+        ib: BiasTerms | None = None
+        if int_bias is not None:
+            near, flip = int_bias
+            ib = (_row_operand(near, g), None if flip is None else _row_operand(flip, g))
+        fb = None if float_bias is None else _row_operand(float_bias, g)
+        for start in range(0, rows, block):
+            stop = min(start + block, rows)
+            a = acc3[g, start:stop]
+            if ib is not None:
+                add_wrapping_(a, ib)
+            y = buf[: stop - start]
+            y.copy_(a)  # int32 -> float32, round to nearest even
+            y.mul_(s)
+            if p is not None:
+                y.mul_(p[start:stop])
+            if fb is not None:
+                y.add_(fb)
+            if out == torch.int8:
+                # A float -> integer cast of NaN or of an out-of-range value is undefined
+                # in C++ (scalar and SIMD paths differ), so every value is made finite and
+                # in range first. NaN (a NaN scale, pertoken scale or float bias; CANN
+                # forbids NaN scales, docs/ops.md §2.1, the hardware result is
+                # UNCONFIRMED) is defined as 0.
+                y.round_().nan_to_num_(nan=0.0).clamp_(-256, 255)  # 9-bit stage, §2.4
+                if off is not None:
+                    y.add_(off)
+                y.clamp_(-128, 127)
+            result[g, start:stop].copy_(y)  # float16 / bfloat16: round half-to-even
+    return result.reshape(acc.shape)
+
+
+def _row_operand(t: torch.Tensor, g: int) -> torch.Tensor:
+    """A bias operand for batch ``g``: a (batch, 1, n) one's row g, else itself."""
+    return t[g] if t.dim() == 3 else t
