@@ -1,6 +1,10 @@
 """Benchmark: ``python -m compat upgrade`` on synthetic legacy checkpoints of >= 1 GB.
 
     python benchmarks/bench_upgrade.py [--size-gb 1.1] [--repeat 3] [--dir DIR] [--json]
+    python benchmarks/bench_upgrade.py --jobs [bench_upgrade_jobs.py options]
+
+``--jobs`` runs the shard-parallel benchmark of issue 14 instead (``--jobs 1`` vs
+``--jobs 2`` vs ``cp -r`` on a >= 2 GB, 8-shard checkpoint): see bench_upgrade_jobs.py.
 
 For each case it writes a legacy checkpoint, then measures in fresh subprocesses, in
 the same run and alternating so that the page cache treats both alike:
@@ -161,6 +165,9 @@ def run_case(
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--jobs"]:  # the shard-parallel benchmark, in its own process
+        jobs_bench = Path(__file__).with_name("bench_upgrade_jobs.py")
+        return subprocess.run([sys.executable, str(jobs_bench), *sys.argv[2:]]).returncode
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--size-gb", type=float, default=1.1, help="size of each checkpoint (default 1.1)"

@@ -84,6 +84,20 @@ def test_jobs_in_place_is_all_or_nothing(
     assert compat.load_legacy(good)["layers.0.weight"].dtype == torch.int8
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_bad_weight_found_while_writing_is_reported_in_full(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], jobs: str
+) -> None:
+    src = _sharded(tmp_path / "src", bad_shard=3)
+    before = _digests(src)
+    assert cli(["upgrade", str(src), str(tmp_path / "dst"), "--jobs", jobs]) == 1
+    err = capsys.readouterr().err
+    assert "'layers.7.weight'" in err and "0.5" in err and "[3, 5]" in err
+    assert not (tmp_path / "dst").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    assert _digests(src) == before
+
+
 def test_jobs_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _sharded(tmp_path / "src")
     assert cli(["upgrade", str(src), str(tmp_path / "o"), "--jobs", "0"]) == 2

@@ -33,7 +33,7 @@ from compat.checkpoint.upgrade import (
     plan_state_dict,
 )
 from compat.formats.errors import CheckpointError
-from compat.formats.rules import DictAccess, Spec
+from compat.formats.rules import DictAccess, NotInt8Error, Spec
 
 
 @dataclass
@@ -79,6 +79,13 @@ class _MultiAccess:
 
     def is_meta(self, key: str) -> bool:
         return bool(self._access(key).is_meta(key))
+
+
+class _DeferredMulti(_MultiAccess):
+    """Float weights are checked while their shard is written (one read of the data
+    instead of two); on a bad value the conversion re-plans with every value read."""
+
+    defer_weight_checks = True
 
 
 def read_index(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -182,6 +189,8 @@ def _shard_worker(
         shard = _Shard(name, path, "torch", loaded=torchfile.load(path, trust_pickle=trust_pickle))
     try:
         tmp = _write_shard(shard, own, target, Progress(1, enabled=False))
+    except NotInt8Error as err:  # its custom arguments do not survive pickling
+        raise CheckpointError(f"{path}: a float weight holds {err}, not an int8 value") from None
     finally:
         if shard.st is not None:
             shard.st.close()
@@ -278,7 +287,10 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
     shards = open_shards(source.path, weight_map, req.trust_pickle, req.classes)
     try:
         owner = {key: shards[name] for key, name in weight_map.items()}
-        report = plan_state_dict(list(weight_map), _MultiAccess(owner), req.output_dtypes)
+        # safetensors shards check float weights as they are written (write_job)
+        all_st = all(s.st is not None for s in shards.values())
+        access = _DeferredMulti(owner) if all_st and not req.dry_run else _MultiAccess(owner)
+        report = plan_state_dict(list(weight_map), access, req.output_dtypes)
         result = Result(source.path, dst, "sharded", "", [("", report)])
         if req.dry_run:
             result.status = "would-convert" if report.changed else "up-to-date"
@@ -295,6 +307,11 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
                     return result
                 return _in_place(req, source, index, report, to_rewrite, progress, result)
             return _to_dir(req, source, index, report, shards, to_rewrite, dst, progress, result)
+        except (CheckpointError, NotInt8Error):
+            # a float weight found not to hold int8 values while writing: re-plan with
+            # every value read, which raises the full list of problems (as a dry run)
+            plan_state_dict(list(weight_map), _MultiAccess(owner), req.output_dtypes)
+            raise
         finally:
             progress.close()
     finally:
