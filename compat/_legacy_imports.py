@@ -35,6 +35,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from compat import upstream
+from compat.testing._stand_in import VAR as STAND_IN_VAR
 
 DISABLE_VAR = "LINEAR_QUANT_COMPAT_DISABLE"
 _TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
@@ -67,6 +68,10 @@ _upstream_class: type | None = None
 # options are in force (applied by an earlier run of this hook: site processes .pth files
 # twice in some virtual environments, or by Python itself when compat was importable
 # while it read -W), so it is not applied again.
+# When LINEAR_QUANT_COMPAT_TORCH_NPU is set (to anything), a second stub waits for
+# ``import torch_npu``; only then does compat.testing._stand_in check the value and, for
+# ``cpu``, put the CPU stand-in's finder in its place (see compat.testing). Importing
+# compat at start-up would keep pytest from rewriting it (a config-time warning).
 # The source is inlined in the .pth file, not shipped as a module: pytest rewrites the
 # modules of plugin distributions and warns about any already imported, which a
 # start-up module always would be.
@@ -106,6 +111,34 @@ if os.environ.get("LINEAR_QUANT_COMPAT_DISABLE", "").strip().lower() not in (
             pass
 
     sys.meta_path.insert(0, LegacyImportStub())
+if os.environ.get("@STAND_IN_VAR@", "").strip() and not any(
+    getattr(f, "linear_quant_compat_stand_in_stub", False)
+    or getattr(f, "linear_quant_compat_stand_in_finder", False)
+    for f in sys.meta_path
+):
+    class StandInStub:
+        linear_quant_compat_stand_in_stub = True
+
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != "@PACKAGE@" and not fullname.startswith("@PACKAGE@."):
+                return None
+            try:
+                from compat.testing._stand_in import take_over
+            except Exception as err:
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
+                sys.stderr.write(
+                    "linear-quant-compat: @STAND_IN_VAR@ ignored: cannot import compat "
+                    "(%s: %s)\\n" % (type(err).__name__, err)
+                )
+                return None
+            finder = take_over(self)
+            return None if finder is None else finder.find_spec(fullname, path, target)
+
+        def invalidate_caches(self):
+            pass
+
+    sys.meta_path.insert(0, StandInStub())
 if "compat._deprecation" not in sys.modules and any(
     "LinearA8W8QuantDeprecationWarning" in option for option in sys.warnoptions
 ):
@@ -119,9 +152,12 @@ if "compat._deprecation" not in sys.modules and any(
     else:
         apply_warnoptions()
 """
-# The watched module names come from compat.upstream, filled in once here.
+# The watched module names come from compat.upstream and the variable's name from
+# compat.testing._stand_in (both torch-free), filled in once here.
 STARTUP_SOURCE = (
-    _STARTUP_TEMPLATE.replace("@CONTRIB@", CONTRIB)
+    _STARTUP_TEMPLATE.replace("@STAND_IN_VAR@", STAND_IN_VAR)
+    .replace("@PACKAGE@", upstream.PACKAGE)
+    .replace("@CONTRIB@", CONTRIB)
     .replace("@MODULE@", MODULE)
     .replace("@SUBMODULE@", SUBMODULE)
 )
@@ -283,6 +319,13 @@ def _stand_in_spec() -> Any:
     return ModuleSpec(SUBMODULE, loader, origin="linear-quant-compat")
 
 
+def serve_legacy_name(module: ModuleType) -> None:
+    """Serve ``LinearA8W8Quant`` from ``module`` through the hook: every access from user
+    code gives compat's adapter and is recorded and warned about (the CPU stand-in's
+    modules use this too)."""
+    _detach(module)
+
+
 def _real_module(name: str) -> bool:
     module = sys.modules.get(name)
     return module is not None and getattr(module, "__file__", None) is not None
@@ -340,7 +383,9 @@ def _legacy_attribute(module_name: str, frame: FrameType | None) -> Any:
     from compat import _deprecation
 
     path = f"{module_name}.{NAME}"
-    if _upstream_class is not None:
+    if getattr(sys.modules.get(upstream.PACKAGE), upstream.STAND_IN_ATTRIBUTE, False):
+        how = "linear-quant-compat's CPU stand-in for torch_npu serves compat.LinearA8W8Quant"
+    elif _upstream_class is not None:
         how = "with linear-quant-compat installed it is compat.LinearA8W8Quant"
     else:
         how = (

@@ -58,3 +58,9 @@ INT32_REASON: Final = (
 def legacy_alias(text: str) -> str | None:
     """The torch dtype name a legacy ``output_dtype`` string meant, or None if none."""
     return OUTPUT_DTYPE_ALIASES.get(text.lower())
+
+
+#: Set (to True) on every module of compat's CPU stand-in for torch_npu
+#: (:mod:`compat.testing`), so that the backend probe, the module-class look-up and the
+#: legacy-import hook can tell it from a real torch_npu.
+STAND_IN_ATTRIBUTE: Final = "__linear_quant_compat_stand_in__"

@@ -12,8 +12,11 @@ from compat.ops import backend
 
 
 def upstream_class(name: str) -> type[nn.Module] | None:
-    """``torch_npu.contrib.module.<name>`` if torch_npu imports and provides it."""
+    """``torch_npu.contrib.module.<name>`` if a real torch_npu imports and provides it
+    (never from compat's CPU stand-in, whose classes are compat's own)."""
     module = sys.modules.get(upstream.MODULE)
+    if getattr(module, upstream.STAND_IN_ATTRIBUTE, False):
+        return None
     if module is None:
         if not backend.npu_status().available:
             return None

@@ -20,8 +20,9 @@ import torch
 from packaging.version import InvalidVersion, Version
 
 from compat._torchload import autoload_failure
+from compat.upstream import STAND_IN_ATTRIBUTE
 
-NpuState = Literal["absent", "available", "broken"]
+NpuState = Literal["absent", "available", "broken", "stand-in"]
 
 # torch_npu builds for torch 2.0 take ``output_dtype`` as a string, positionally
 # (op-plugin config v2r0); every later build takes a keyword ScalarType.
@@ -52,15 +53,26 @@ class NpuStatus:
 
 _lock = threading.Lock()
 _status: NpuStatus | None = None
+_STAND_IN = NpuStatus(
+    "stand-in", reason="torch_npu is linear-quant-compat's CPU stand-in (compat.testing)"
+)
 
 
 def npu_status() -> NpuStatus:
-    """Probe ``torch_npu`` once (thread-safe) and return the cached result."""
+    """Probe ``torch_npu`` once (thread-safe) and return the cached result.
+
+    compat's CPU stand-in (:mod:`compat.testing`) is state ``"stand-in"``, not available:
+    its tensors stay on the CPU, where the reference runs. That state is never cached (the
+    stand-in can be switched off again).
+    """
     global _status
     if _status is None:
         with _lock:
             if _status is None:
-                _status = _probe()
+                status = _probe()
+                if status.state == "stand-in":
+                    return status
+                _status = status
     return _status
 
 
@@ -79,6 +91,8 @@ def _probe() -> NpuStatus:
             return NpuStatus("broken", reason=f"{type(err).__name__}: {err}")
         if spec is None:
             return NpuStatus("absent")
+        if getattr(spec.loader, STAND_IN_ATTRIBUTE, False):
+            return _STAND_IN
         try:
             module = importlib.import_module("torch_npu")
         except Exception as err:  # ImportError, OSError, RuntimeError from CANN loading
@@ -87,6 +101,8 @@ def _probe() -> NpuStatus:
             if earlier is not None and earlier != reason:
                 reason = f"{reason} (autoload: {earlier})"
             return NpuStatus("broken", reason=reason)
+    if getattr(module, STAND_IN_ATTRIBUTE, False):
+        return _STAND_IN
     raw = getattr(module, "__version__", None)
     if raw is None:
         try:
