@@ -3,6 +3,11 @@
 Registered through the ``pytest11`` entry point; it does nothing unless one of its
 options is given:
 
+``--compat-torch-npu=cpu`` (or the ini key ``compat_torch_npu = cpu``)
+    Switch on compat's CPU stand-in for ``torch_npu`` (:mod:`compat.testing`) before any
+    conftest is imported, so that an unchanged legacy test suite runs on a CPU. A real
+    torch_npu that imports always wins; the session header says which one runs.
+
 ``--compat-report``
     At the end of the session, print every distinct site (``path:line``) where
     ``LinearA8W8Quant`` was constructed or reached through a legacy torch_npu import
@@ -11,9 +16,13 @@ options is given:
     turned into an error), and the list never collapses, however long it is.
 ``--compat-strict``
     Also print the report, and make the session exit non-zero (exit code 1) when any
-    site was seen.
+    site was seen, or when the report is incomplete.
 ``--compat-report-json PATH``
     Write the same report as JSON to PATH (parent folders are created).
+
+The report is *incomplete* when code may not have run: a collection error (the module's
+imports never finished), no test ran, or the session stopped early (``-x``,
+``--maxfail``, an interrupt). It then says so and why, instead of "no deprecated use".
 
 Works with pytest-xdist: workers send their sites to the controller, which reports.
 Importing this module must not import torch (pytest loads it at start-up).
@@ -33,12 +42,16 @@ import pytest
 
 from compat import _deprecation
 from compat._version import __version__
+from compat.testing import _stand_in
 
 PLUGIN_NAME = "linear-quant-compat-report"
 MAX_TESTS = 3
 MAX_REPLACEMENTS = 3
 _WORKER_KEY = "linear_quant_compat_sites"
 _VERBS = {"construct": "constructed", "import": "imported"}
+_STAND_IN_OPTION = "--compat-torch-npu"
+_STAND_IN_INI = "compat_torch_npu"
+_stand_in_source: str | None = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,6 +70,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="like --compat-report, and exit non-zero when any such site was seen",
     )
     group.addoption(
+        _STAND_IN_OPTION,
+        metavar="DEVICE",
+        default=None,
+        help=f"'{_stand_in.ON_VALUE}': run torch_npu code on compat's CPU stand-in when no real "
+        "torch_npu imports (see compat.testing)",
+    )
+    parser.addini(
+        _STAND_IN_INI,
+        f"'{_stand_in.ON_VALUE}': like {_STAND_IN_OPTION}={_stand_in.ON_VALUE}",
+        default="",
+    )
+    group.addoption(
         "--compat-report-json",
         metavar="PATH",
         default=None,
@@ -67,11 +92,44 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     # As early as possible, so that legacy imports in conftest.py files are seen too.
+    _switch_stand_in(early_config, early_config.known_args_namespace)
     _activate(early_config, early_config.known_args_namespace)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _switch_stand_in(config, config.option)
     _activate(config, config.option)
+
+
+def _switch_stand_in(config: pytest.Config, options: Any) -> None:
+    """Request the torch_npu stand-in once per process, if the option or ini key says so."""
+    global _stand_in_source
+    if _stand_in_source is not None:
+        return
+    value = getattr(options, "compat_torch_npu", None)
+    source = f"pytest {_STAND_IN_OPTION}={value}"
+    where = _STAND_IN_OPTION
+    if value is None:
+        value = str(config.getini(_STAND_IN_INI)).strip()
+        source = f"pytest ini {_STAND_IN_INI} = {value}"
+        where = f"ini key {_STAND_IN_INI}"
+    if not value:
+        return
+    if value.strip().lower() != _stand_in.ON_VALUE:
+        raise pytest.UsageError(
+            f"{where}: {value!r} is not a valid value (allowed: {_stand_in.ON_VALUE!r})"
+        )
+    _stand_in_source = source
+    _stand_in.request(source)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if _stand_in_source is None and not _stand_in.requested_by():
+        return None
+    state = _stand_in.status()
+    return f"linear-quant-compat: torch_npu stand-in {'active' if state.active else 'off'}: " + (
+        state.reason
+    )
 
 
 def _activate(config: pytest.Config, options: Any) -> None:
@@ -147,6 +205,10 @@ class CompatReporter:
         self._seen_tests: dict[tuple[str, int, str, str], set[str]] = {}
         self._lock = threading.Lock()
         self._failed_strict = False
+        self._collect_errors: list[str] = []
+        self._ran: set[str] = set()
+        self._stopped: str | None = None
+        self.incomplete: list[str] = []
 
     # --- collecting -------------------------------------------------------------------
 
@@ -183,6 +245,42 @@ class CompatReporter:
         yield
         self.current = previous
 
+    # --- completeness (also seen by an xdist controller: reports are forwarded) ---------
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed and report.nodeid not in self._collect_errors:
+            self._collect_errors.append(report.nodeid or ".")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "setup":
+            self._ran.add(report.nodeid)
+
+    def _incomplete_reasons(self, session: pytest.Session) -> list[str]:
+        reasons = []
+        if self._collect_errors:
+            shown = ", ".join(self._collect_errors[:3])
+            more = len(self._collect_errors) - 3
+            reasons.append(
+                f"{len(self._collect_errors)} collection error(s) ({shown}"
+                f"{f', +{more} more' if more > 0 else ''}): code those modules import did "
+                "not (all) run"
+            )
+        if not self._ran:
+            reasons.append("no test ran")
+        stopped = session.shouldstop or session.shouldfail
+        if stopped:
+            reasons.append(f"the session stopped early ({stopped}): later tests did not run")
+        elif (
+            session.exitstatus
+            in (
+                pytest.ExitCode.INTERRUPTED,
+                pytest.ExitCode.INTERNAL_ERROR,
+            )
+            and not self._collect_errors
+        ):
+            reasons.append(f"the session ended with {session.exitstatus!r}")
+        return reasons
+
     # --- pytest-xdist ------------------------------------------------------------------
 
     @pytest.hookimpl(optionalhook=True)
@@ -212,6 +310,8 @@ class CompatReporter:
             "version": __version__,
             "removal_version": _deprecation.REMOVAL_VERSION,
             "docs": _deprecation.DOCS_URL,
+            "complete": not self.incomplete,
+            "incomplete_reasons": list(self.incomplete),
             "total_sites": len(sites),
             "total_uses": sum(s.count for s in sites),
             "sites": [s.as_json() for s in sites],
@@ -222,25 +322,37 @@ class CompatReporter:
         if workeroutput is not None:  # an xdist worker: the controller reports
             workeroutput[_WORKER_KEY] = json.dumps([s.as_json() for s in self.ordered()])
             return
+        self.incomplete = self._incomplete_reasons(session)
         if self.json_path:
             path = Path(self.json_path)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(self.as_json(), indent=2) + "\n", encoding="utf-8")
             os.replace(tmp, path)
-        if self.strict and self.sites and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.strict and (self.sites or self.incomplete):
             self._failed_strict = True
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if getattr(self.config, "workeroutput", None) is not None or not self.show:
             return
         sites = self.ordered()
         write = terminalreporter.write_line
+        if self.incomplete:
+            terminalreporter.write_sep(
+                "=", "linear-quant-compat: the LinearA8W8Quant report is INCOMPLETE", red=True
+            )
+            for reason in self.incomplete:
+                write(f"    {reason}")
+            write("    deprecated uses in code that did not run are not listed")
         if not sites:
             terminalreporter.write_sep(
-                "=", "linear-quant-compat: no deprecated LinearA8W8Quant use"
+                "=",
+                "linear-quant-compat: no deprecated LinearA8W8Quant use"
+                + (" in what ran" if self.incomplete else ""),
             )
+            self._write_strict(write, sites)
             return
         uses = sum(s.count for s in sites)
         terminalreporter.write_sep(
@@ -261,11 +373,17 @@ class CompatReporter:
         write(f"See {_deprecation.DOCS_URL}")
         if self.json_path:
             write(f"JSON report: {self.json_path}")
-        if self._failed_strict:
-            write(
-                f"--compat-strict: failing the session: {len(sites)} deprecated call site(s) seen",
-                red=True,
-            )
+        self._write_strict(write, sites)
+
+    def _write_strict(self, write: Any, sites: list[Site]) -> None:
+        if not self._failed_strict:
+            return
+        why = []
+        if sites:
+            why.append(f"{len(sites)} deprecated call site(s) seen")
+        if self.incomplete:
+            why.append("the report is incomplete")
+        write(f"--compat-strict: failing the session: {' and '.join(why)}", red=True)
 
     def pytest_unconfigure(self) -> None:
         _deprecation.remove_listener(self.on_event)

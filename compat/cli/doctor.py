@@ -8,12 +8,13 @@ and this process imports torch with autoload switched off when the probe failed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from typing import Any
+
+from compat.testing import _stand_in
 
 HELP = "report torch, torch_npu and backend status; exit 0 when the library is usable"
 
@@ -37,14 +38,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def probe_torch_npu(timeout: float) -> dict[str, Any]:
-    """Import torch_npu in a child process (autoload off) and report what happened."""
+    """Import the real torch_npu in a child process (autoload off, compat's CPU stand-in
+    off) and report what happened."""
     try:
-        spec = importlib.util.find_spec("torch_npu")
+        spec = _stand_in.real_torch_npu_spec()
     except (ImportError, ValueError) as err:
         return {"state": "broken", "reason": f"{type(err).__name__}: {err}"}
     if spec is None:
         return {"state": "absent"}
     env = dict(os.environ, **{_AUTOLOAD_VAR: "0"})
+    env.pop(_stand_in.VAR, None)
     try:
         done = subprocess.run(
             [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=timeout
@@ -99,6 +102,12 @@ def report(timeout: float = 120.0) -> dict[str, Any]:
     info: dict[str, Any] = {"python": sys.version.split()[0]}
     npu = probe_torch_npu(timeout=timeout)
     info["torch_npu"] = npu
+    stand_in = _stand_in.explain(npu["state"], npu.get("reason"))
+    info["torch_npu_stand_in"] = {
+        "active": stand_in.active,
+        "reason": stand_in.reason,
+        "requested_by": list(stand_in.requested_by),
+    }
     if npu["state"] == "broken" and _AUTOLOAD_VAR not in os.environ:
         os.environ[_AUTOLOAD_VAR] = "0"  # for this process only: plain import torch would fail
         info["autoload_disabled_for_doctor"] = True
@@ -152,6 +161,8 @@ def _print_text(info: dict[str, Any]) -> None:
             f"device-backend autoload; set {_AUTOLOAD_VAR}=0 (doctor did so for itself), install "
             f"CANN, or uninstall torch_npu. compat falls back to the reference backend."
         )
+    stand_in = info["torch_npu_stand_in"]
+    print(f"stand-in        {'active' if stand_in['active'] else 'off'}: {stand_in['reason']}")
     if "devices" in info:
         devs = ", ".join(f"{d} x{c}" for d, c in info["devices"].items())
         print(f"devices         {devs}")

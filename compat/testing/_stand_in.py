@@ -244,7 +244,7 @@ def _real_spec(fullname: str, path: Sequence[str] | None, target: ModuleType | N
     _local.busy = busy
     try:
         for finder in tuple(sys.meta_path):
-            if finder is _finder:
+            if finder is _finder or _is_ours(finder):
                 continue
             find = getattr(finder, "find_spec", None)
             if find is None:
@@ -255,6 +255,47 @@ def _real_spec(fullname: str, path: Sequence[str] | None, target: ModuleType | N
         return None
     finally:
         busy.discard(fullname)
+
+
+def _is_ours(finder: object) -> bool:
+    return bool(
+        getattr(finder, "linear_quant_compat_stand_in_stub", False)
+        or getattr(finder, "linear_quant_compat_stand_in_finder", False)
+    )
+
+
+def real_torch_npu_spec() -> ModuleSpec | None:
+    """The spec of an installed real torch_npu (the stand-in's finders left out), or None."""
+    spec: ModuleSpec | None = _real_spec(PACKAGE, None, None)
+    return spec
+
+
+def explain(real_state: str, real_reason: str | None = None) -> StandInStatus:
+    """The status, given what a probe of the real torch_npu found (``"absent"``,
+    ``"available"`` or ``"broken"``): what ``python -m compat doctor`` reports."""
+    current = status()
+    sources = current.requested_by
+    if not sources:
+        return current
+    by = " and ".join(sources)
+    if real_state == "absent":
+        return StandInStatus(True, f"requested by {by}; no real torch_npu is installed", sources)
+    if real_state == "available":
+        return StandInStatus(
+            False,
+            f"requested by {by}, but a real torch_npu imports: the stand-in never replaces it",
+            sources,
+        )
+    failure = f"the installed torch_npu fails to import ({real_reason})"
+    if env_requests_stand_in():
+        return StandInStatus(
+            True, f"requested by {by}; {failure}, so the stand-in takes its place", sources
+        )
+    return StandInStatus(
+        False,
+        f"requested by {by}, but {failure}: the stand-in stays off (set {SOURCE_ENV})",
+        sources,
+    )
 
 
 def _stand_in_spec(name: str) -> ModuleSpec:
