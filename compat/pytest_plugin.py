@@ -124,9 +124,9 @@ def _switch_stand_in(config: pytest.Config, options: Any) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    if _stand_in_source is None and not _stand_in.requested_by():
+    state = _stand_in.status()  # takes up LINEAR_QUANT_COMPAT_TORCH_NPU too
+    if _stand_in_source is None and not state.requested_by and _stand_in.env_value() is None:
         return None
-    state = _stand_in.status()
     return f"linear-quant-compat: torch_npu stand-in {'active' if state.active else 'off'}: " + (
         state.reason
     )

@@ -125,6 +125,61 @@ def test_report_with_no_site(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*= linear-quant-compat: no deprecated LinearA8W8Quant use =*"])
 
 
+BROKEN_IMPORT = "import module_that_does_not_exist  # noqa: F401\n\n\ndef test_never():\n    pass\n"
+
+
+def _incomplete(result: pytest.RunResult) -> list[str]:
+    out = result.stdout.lines
+    at = next(i for i, line in enumerate(out) if "report is INCOMPLETE" in line)
+    return [line.strip() for line in out[at + 1 :] if line.startswith("    ")][:-1]
+
+
+def test_a_collection_error_makes_the_report_incomplete(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_plain=PLAIN, test_broken=BROKEN_IMPORT)
+    target = tmp_path / "r.json"
+    result = pytester.runpytest("--compat-report", "--compat-report-json", str(target), *QUIET)
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # pytest's own verdict on the error
+    assert _incomplete(result) == [
+        "1 collection error(s) (test_broken.py): code those modules import did not (all) run",
+        "no test ran",
+    ]
+    result.stdout.fnmatch_lines(
+        ["*= linear-quant-compat: no deprecated LinearA8W8Quant use in what ran =*"]
+    )
+    assert "no deprecated LinearA8W8Quant use =" not in result.stdout.str()
+    report = json.loads(target.read_text())
+    assert report["complete"] is False and len(report["incomplete_reasons"]) == 2
+    # the tests that can run do run: still incomplete, and strict fails a passing session
+    result = pytester.runpytest("--compat-strict", "--continue-on-collection-errors", *QUIET)
+    result.assert_outcomes(passed=1, errors=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert _incomplete(result) == [
+        "1 collection error(s) (test_broken.py): code those modules import did not (all) run"
+    ]
+    result.stdout.fnmatch_lines(["--compat-strict: failing the session: the report is incomplete"])
+
+
+def test_no_test_run_or_an_early_stop_makes_the_report_incomplete(
+    project: pytest.Pytester,
+) -> None:
+    result = project.runpytest("--compat-report", "--compat-strict", "-k", "no_such_test", *QUIET)
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert _incomplete(result) == ["no test ran"]
+    project.makepyfile(test_0_fails="def test_fails_first():\n    assert False\n")
+    result = project.runpytest("--compat-report", "-x", *QUIET)
+    result.assert_outcomes(failed=1)
+    reasons = _incomplete(result)
+    assert len(reasons) == 1 and reasons[0].startswith("the session stopped early (")
+    assert reasons[0].endswith("later tests did not run")
+
+
+def test_a_complete_report_says_nothing_of_incompleteness(project: pytest.Pytester) -> None:
+    result = project.runpytest("--compat-report", *QUIET)
+    assert "INCOMPLETE" not in result.stdout.str() and "in what ran" not in result.stdout.str()
+
+
 def test_strict_fails_a_passing_session(project: pytest.Pytester) -> None:
     result = project.runpytest("--compat-strict", *QUIET)
     result.assert_outcomes(passed=15)

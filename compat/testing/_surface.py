@@ -15,11 +15,12 @@ returns the tensor or module itself. :func:`undo_patches` takes them away again.
 
 from __future__ import annotations
 
+import dis
 import importlib
 import sys
 import unittest
 from collections.abc import Callable
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any
 
 import torch
@@ -63,12 +64,30 @@ def _getattr_for(
             return make()
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-        raise AttributeError(
-            f"module {module_name!r} has no attribute {name!r}: "
-            f"{_stand_in.ONLY_SURFACE}. Here it provides: {', '.join(provided)}"
-        )
+        what = f"{_stand_in.ONLY_SURFACE}. Here it provides: {', '.join(provided)}"
+        if _imports_from(sys._getframe(1)):
+            # Python turns an AttributeError here into its own "cannot import name"
+            # ImportError, which would drop the explanation; an ImportError goes through
+            raise ImportError(
+                f"cannot import name {name!r} from {module_name!r}: {what}", name=module_name
+            )
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}: {what}")
 
     return __getattr__
+
+
+_IMPORT_FROM = dis.opmap["IMPORT_FROM"]
+
+
+def _imports_from(frame: FrameType | None) -> bool:
+    """Whether the first frame above compat's module ``__getattr__`` functions is running
+    a ``from module import name`` (the IMPORT_FROM instruction)."""
+    while frame is not None and frame.f_code.co_name == "__getattr__":
+        frame = frame.f_back
+    if frame is None:
+        return False
+    code, at = frame.f_code.co_code, frame.f_lasti
+    return 0 <= at < len(code) and code[at] == _IMPORT_FROM
 
 
 def _linear_quant() -> type[nn.Module]:

@@ -65,7 +65,14 @@ def npu_trans_quant_param(
     scale: torch.Tensor, offset: torch.Tensor | None = None, **kwargs: Any
 ) -> torch.Tensor:
     standin_calls.append(("npu_trans_quant_param", (scale, offset), dict(kwargs)))
+    if not isinstance(scale, _NpuTensor):  # a CPU scale gives a CPU result (the op would fail)
+        return torch.full(tuple(scale.shape), 7, dtype=torch.int64)
     return _filled(tuple(scale.shape), torch.int64)
+
+
+def npu_format_cast(tensor: torch.Tensor, acl_format: int) -> torch.Tensor:
+    standin_calls.append(("npu_format_cast", (tensor, acl_format), {}))
+    return tensor
 
 
 _OLD = __version__.startswith("2.0.")
@@ -92,7 +99,8 @@ def npu_quant_matmul(
 
 # Upstream imports torch_npu.contrib (and so torch_npu.contrib.module) while
 # ``import torch_npu`` runs (torch_npu/_init/patches/monkey_patches.py); so does the stand-in.
-import torch_npu.contrib  # noqa: E402, F401
+import torch_npu.contrib  # noqa: E402
+import torch_npu.npu  # noqa: E402, F401
 
 
 def _autoload() -> None:
