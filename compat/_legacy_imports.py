@@ -35,7 +35,8 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from compat import upstream
-from compat.testing._stand_in import VAR as STAND_IN_VAR
+from compat._loaders import WrappingLoader, find_spec_elsewhere
+from compat._stand_in import VAR as STAND_IN_VAR
 
 DISABLE_VAR = "LINEAR_QUANT_COMPAT_DISABLE"
 _TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
@@ -69,7 +70,7 @@ _upstream_class: type | None = None
 # twice in some virtual environments, or by Python itself when compat was importable
 # while it read -W), so it is not applied again.
 # When LINEAR_QUANT_COMPAT_TORCH_NPU is set (to anything), a second stub waits for
-# ``import torch_npu``; only then does compat.testing._stand_in check the value and, for
+# ``import torch_npu``; only then does compat._stand_in check the value and, for
 # ``cpu``, put the CPU stand-in's finder in its place (see compat.testing). Importing
 # compat at start-up would keep pytest from rewriting it (a config-time warning).
 # The source is inlined in the .pth file, not shipped as a module: pytest rewrites the
@@ -123,7 +124,7 @@ if os.environ.get("@STAND_IN_VAR@", "").strip() and not any(
             if fullname != "@PACKAGE@" and not fullname.startswith("@PACKAGE@."):
                 return None
             try:
-                from compat.testing._stand_in import take_over
+                from compat._stand_in import take_over
             except Exception as err:
                 if self in sys.meta_path:
                     sys.meta_path.remove(self)
@@ -153,7 +154,7 @@ if "compat._deprecation" not in sys.modules and any(
         apply_warnoptions()
 """
 # The watched module names come from compat.upstream and the variable's name from
-# compat.testing._stand_in (both torch-free), filled in once here.
+# compat._stand_in (both torch-free), filled in once here.
 STARTUP_SOURCE = (
     _STARTUP_TEMPLATE.replace("@STAND_IN_VAR@", STAND_IN_VAR)
     .replace("@PACKAGE@", upstream.PACKAGE)
@@ -253,16 +254,12 @@ class LegacyImportFinder:
     def _find_real(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None
     ) -> Any:
-        for finder in tuple(sys.meta_path):
-            if finder is self or getattr(finder, _STUB_MARK, False):
-                continue
-            find = getattr(finder, "find_spec", None)
-            if find is None:
-                continue
-            spec = find(fullname, path, target)
-            if spec is not None:
-                return spec
-        return None
+        return find_spec_elsewhere(
+            fullname,
+            path,
+            target,
+            lambda finder: finder is self or getattr(finder, _STUB_MARK, False),
+        )
 
     def invalidate_caches(self) -> None:
         """Nothing cached here."""
@@ -275,26 +272,12 @@ class LegacyImportFinder:
                 _detach(module)
 
 
-class _PatchingLoader:
+class _PatchingLoader(WrappingLoader):
     """Runs torch_npu's own loader, then patches the module it executed."""
 
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: Any) -> ModuleType | None:
-        create = getattr(self._loader, "create_module", None)
-        return None if create is None else create(spec)
-
     def exec_module(self, module: ModuleType) -> None:
-        module.__loader__ = self._loader  # torch_npu's code sees its own loader
-        spec = getattr(module, "__spec__", None)
-        if spec is not None:
-            spec.loader = self._loader
-        self._loader.exec_module(module)
+        self.run(module)
         _detach(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
 
 
 class _StandInLoader:

@@ -40,9 +40,8 @@ from typing import Any
 
 import pytest
 
-from compat import _deprecation
+from compat import _deprecation, _stand_in
 from compat._version import __version__
-from compat.testing import _stand_in
 
 PLUGIN_NAME = "linear-quant-compat-report"
 MAX_TESTS = 3

@@ -94,14 +94,14 @@ def test_legacy_paths_resolve_to_the_adapter_and_warn_at_the_import_line(
         )
     )
     # import torch_npu wakes the hook, which must not import compat.nn (nor compat.ops);
-    # compat.upstream (torch-free) holds the module paths it watches, compat.testing
-    # (torch-free) the stand-in's switch it must tell apart
+    # compat.upstream (torch-free) holds the module paths it watches, compat._stand_in
+    # (torch-free) the stand-in's switch it must tell apart, compat._loaders the loader
     assert result["after_torch_npu"] == [
         "compat",
         "compat._legacy_imports",
+        "compat._loaders",
+        "compat._stand_in",
         "compat._version",
-        "compat.testing",
-        "compat.testing._stand_in",
         "compat.upstream",
     ]
     assert result["same"] == [True, True, True]

@@ -461,7 +461,7 @@ def test_graph_mode_pass_processes_compat_modules_then_compiles(
 
 GRAPH_REAL = """\
 import json, runpy, sys, warnings
-import torch, compat
+import torch, compat, compat.testing
 import torch_npu
 warnings.simplefilter("ignore", compat.LinearA8W8QuantDeprecationWarning)
 from torch_npu.contrib.module import LinearA8W8Quant
@@ -547,3 +547,22 @@ def test_a_broken_real_torch_npu_keeps_it_off_unless_the_variable_is_set() -> No
     assert kind == "ImportError" and "libhccl.so" in message
     assert any("stand-in" in note and testing.VAR in note for note in notes), notes
     assert "stand-in" in off.stderr
+
+
+def test_the_variable_set_imports_nothing_at_start_up_only_on_import_torch_npu() -> None:
+    code = "import json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    unset = _json_line(run(["-c", code]))
+    on = _json_line(run(["-c", code], env=ON))
+    assert on == unset and "compat" not in on and "torch" not in on
+
+
+def test_the_docs_quote_the_stand_ins_own_names(stand_in: testing.StandInStatus) -> None:
+    import torch_npu
+
+    migration = " ".join((ROOT / "docs" / "migration.md").read_text().split())
+    for text in (torch_npu.npu.get_device_name(), torch_npu.__version__, testing.VAR):
+        assert f'"{text}"' in migration or f"`{text}" in migration, text
+    assert torch_npu.npu.get_device_name()[:10] == "CPU stand-"
+    assert "CPU stand-in for torch_npu (linear-quant-compat reference)" in " ".join(
+        (ROOT / "docs" / "ci.md").read_text().split()
+    )

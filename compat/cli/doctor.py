@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
-from compat.testing import _stand_in
+from compat import _stand_in
 
 HELP = "report torch, torch_npu and backend status; exit 0 when the library is usable"
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from compat.testing._stand_in import (
+from compat._stand_in import (
     ON_VALUE,
     SOURCE_CONTEXT,
     VAR,

@@ -1,6 +1,6 @@
 """What the CPU stand-in's ``torch_npu`` modules contain, all backed by compat's reference.
 
-One builder per module of :data:`compat.testing._stand_in.MODULES`. Every module carries
+One builder per module of :data:`compat._stand_in.MODULES`. Every module carries
 ``compat.upstream.STAND_IN_ATTRIBUTE`` and a module ``__getattr__`` that names any other
 attribute as not provided. ``LinearA8W8Quant`` is served through the legacy-import hook
 (:func:`compat._legacy_imports.serve_legacy_name`), so each access from user code is
@@ -26,10 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compat import _legacy_imports, upstream
+from compat import _legacy_imports, _stand_in, upstream
 from compat.ops.encoding import trans_quant_param
 from compat.ops.quant_matmul import quant_matmul
-from compat.testing import _stand_in
 
 #: ``torch_npu.npu.get_device_name(0)``: says what it is; ``[:10]`` is "CPU stand-".
 DEVICE_NAME = "CPU stand-in for torch_npu (linear-quant-compat reference)"
@@ -107,35 +106,6 @@ _Built = list[str]
 # --- torch_npu ---------------------------------------------------------------------------
 
 
-def npu_quant_matmul(
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    scale: torch.Tensor,
-    *,
-    offset: torch.Tensor | None = None,
-    pertoken_scale: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    output_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """``torch_npu.npu_quant_matmul`` computed by :func:`compat.quant_matmul` (reference)."""
-    return quant_matmul(
-        x1,
-        x2,
-        scale,
-        offset=offset,
-        pertoken_scale=pertoken_scale,
-        bias=bias,
-        output_dtype=output_dtype,
-    )
-
-
-def npu_trans_quant_param(
-    scale: torch.Tensor, offset: torch.Tensor | None = None, round_mode: int | None = 0
-) -> torch.Tensor:
-    """``torch_npu.npu_trans_quant_param`` computed by :func:`compat.trans_quant_param`."""
-    return trans_quant_param(scale, offset, round_mode)
-
-
 def npu_format_cast(tensor: torch.Tensor, acl_format: int) -> torch.Tensor:
     """Returns ``tensor`` itself: an internal format is an NPU memory layout, and the
     stand-in keeps tensors on the CPU, so the values are unchanged."""
@@ -158,8 +128,8 @@ def _autoload() -> None:
 def _package(module: ModuleType) -> _Built:
     module.__dict__.update(
         __version__=VERSION,
-        npu_quant_matmul=npu_quant_matmul,
-        npu_trans_quant_param=npu_trans_quant_param,
+        npu_quant_matmul=quant_matmul,  # the same signature as upstream's op
+        npu_trans_quant_param=trans_quant_param,
         npu_format_cast=npu_format_cast,
         _autoload=_autoload,
     )

@@ -9,7 +9,7 @@ The stand-in is opt-in. Each way of switching it on is a *request*:
 * :func:`compat.testing.torch_npu_stand_in` (a context manager and decorator).
 
 While at least one request is in force, a ``sys.meta_path`` finder answers ``import
-torch_npu`` (and its submodules) with the modules built by :mod:`compat.testing._surface`,
+torch_npu`` (and its submodules) with the modules built by :mod:`compat._stand_in.surface`,
 unless a real torch_npu is installed: then the real one is imported, and it wins whenever
 it imports. Only where it fails to import (a wheel without the CANN libraries) *and* the
 environment variable asks for the stand-in explicitly does the stand-in take its place;
@@ -33,6 +33,7 @@ from types import ModuleType
 from typing import Any, Final
 
 from compat import upstream
+from compat._loaders import WrappingLoader, find_spec_elsewhere
 
 #: The environment variable, and the one value that switches the stand-in on.
 VAR: Final = "LINEAR_QUANT_COMPAT_TORCH_NPU"
@@ -176,7 +177,7 @@ def release(source: str) -> None:
             sys.meta_path.remove(_finder)
         for name in [n for n, m in sys.modules.items() if is_stand_in(m)]:
             del sys.modules[name]
-        surface = sys.modules.get("compat.testing._surface")
+        surface = sys.modules.get("compat._stand_in.surface")
         undo = getattr(surface, "undo_patches", None)
         if callable(undo):
             undo()
@@ -243,16 +244,9 @@ def _real_spec(fullname: str, path: Sequence[str] | None, target: ModuleType | N
     busy.add(fullname)
     _local.busy = busy
     try:
-        for finder in tuple(sys.meta_path):
-            if finder is _finder or _is_ours(finder):
-                continue
-            find = getattr(finder, "find_spec", None)
-            if find is None:
-                continue
-            spec = find(fullname, path, target)
-            if spec is not None:
-                return spec
-        return None
+        return find_spec_elsewhere(
+            fullname, path, target, lambda finder: finder is _finder or _is_ours(finder)
+        )
     finally:
         busy.discard(fullname)
 
@@ -332,41 +326,30 @@ class StandInFinder:
 
 
 class _StandInLoader(importlib.abc.Loader):
-    """Fills a stand-in module (:mod:`compat.testing._surface` knows what goes in)."""
+    """Fills a stand-in module (:mod:`compat._stand_in.surface` knows what goes in)."""
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
         return None
 
     def exec_module(self, module: ModuleType) -> None:
-        # _surface imports torch, so it is imported only here, once torch_npu is imported.
+        # surface imports torch, so it is imported only here, once torch_npu is imported.
         setattr(module, upstream.STAND_IN_ATTRIBUTE, True)
-        from compat.testing import _surface
+        from compat._stand_in import surface
 
-        _surface.populate(module)
+        surface.populate(module)
 
 
 # compat's backend probe recognises the stand-in's spec by this mark without importing it
 setattr(_StandInLoader, upstream.STAND_IN_ATTRIBUTE, True)
 
 
-class _RealFirstLoader:
+class _RealFirstLoader(WrappingLoader):
     """Runs a real torch_npu's loader; where it fails, maybe puts the stand-in in its place."""
-
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        create = getattr(self._loader, "create_module", None)
-        return None if create is None else create(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         global _real_failure
-        module.__loader__ = self._loader  # torch_npu's code sees its own loader
-        spec = getattr(module, "__spec__", None)
-        if spec is not None:
-            spec.loader = self._loader
         try:
-            self._loader.exec_module(module)
+            self.run(module)
         except Exception as err:
             _real_failure = f"{type(err).__name__}: {err}"
             for name in [n for n in sys.modules if n.startswith(PACKAGE + ".")]:
@@ -389,6 +372,3 @@ class _RealFirstLoader:
             stand_in = importlib.util.module_from_spec(_stand_in_spec(PACKAGE))
             sys.modules[PACKAGE] = stand_in  # importlib returns what sys.modules holds
             _StandInLoader().exec_module(stand_in)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
