@@ -350,6 +350,14 @@ def test_upstream_style_file_runs_under_pytest(switch: str, legacy_suite: Path) 
     assert f"{UPSTREAM_STYLE.name}:{UPSTREAM_IMPORT_LINE}" in proc.stdout  # the report's site
 
 
+def test_upstream_style_file_runs_in_place_with_its_folders_ini() -> None:
+    # tests/legacy_code/pytest.ini (compat_torch_npu = cpu) is the configuration here
+    proc = run(["-m", "pytest", "-rA", str(UPSTREAM_STYLE)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _outcomes(proc) == EXPECTED
+    assert "requested by pytest ini compat_torch_npu = cpu" in proc.stdout
+
+
 def test_upstream_style_file_runs_as_a_script(legacy_suite: Path) -> None:
     proc = run([UPSTREAM_STYLE.name, "-v"], env=ON, cwd=legacy_suite)
     assert proc.returncode == 0, proc.stderr
