@@ -350,6 +350,14 @@ def test_upstream_style_file_runs_under_pytest(switch: str, legacy_suite: Path) 
     assert f"{UPSTREAM_STYLE.name}:{UPSTREAM_IMPORT_LINE}" in proc.stdout  # the report's site
 
 
+def test_upstream_style_file_under_xdist_workers(legacy_suite: Path) -> None:
+    proc = _pytest(legacy_suite, "-n", "2", "--compat-torch-npu=cpu", "--compat-report")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _outcomes(proc) == EXPECTED
+    assert "4 deprecated LinearA8W8Quant call sites" in proc.stdout  # merged from workers
+    assert f"{UPSTREAM_STYLE.name}:{UPSTREAM_IMPORT_LINE}: imported as" in proc.stdout
+
+
 def test_upstream_style_file_runs_in_place_with_its_folders_ini() -> None:
     # tests/legacy_code/pytest.ini (compat_torch_npu = cpu) is the configuration here
     proc = run(["-m", "pytest", "-rA", str(UPSTREAM_STYLE)])
