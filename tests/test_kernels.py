@@ -29,17 +29,24 @@ CPU_KERNELS = ("float", "int_mm")
 FLOAT_MODES = {"float-digits": 10**9, "float-chunks": 0}
 
 
-@pytest.fixture(params=[*FLOAT_MODES, "int_mm"])
+# the int_mm kernel's two layouts of the product (auto picks one per shape and machine)
+INT_MM_MODES = {"int_mm": "direct", "int_mm-swapped": "swapped"}
+
+
+@pytest.fixture(params=[*FLOAT_MODES, *INT_MM_MODES])
 def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run the test once per CPU kernel (and float mode), restoring the default after."""
+    """Run the test once per CPU kernel (float mode, int_mm layout), restoring the default
+    after."""
     name: str = request.param
     if name in FLOAT_MODES:
         monkeypatch.setattr(intmm, "_DIGIT_ROWS", FLOAT_MODES[name])
-    previous = intmm.set_cpu_kernel("int_mm" if name == "int_mm" else "float")
+    layout = intmm.set_int_mm_layout(INT_MM_MODES.get(name, "auto"))
+    previous = intmm.set_cpu_kernel("float" if name in FLOAT_MODES else "int_mm")
     try:
         yield name
     finally:
         intmm.set_cpu_kernel(previous)
+        intmm.set_int_mm_layout(layout)
 
 
 def _ints(shape: tuple[int, ...], seed: int, low: int = -128, high: int = 128) -> torch.Tensor:
@@ -386,17 +393,20 @@ def test_int64_scale_and_3d_bias(kernel: str) -> None:
     out=st.sampled_from([I8, F16, BF16, I32]),
     extreme=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
-    kernel_name=st.sampled_from(CPU_KERNELS),
+    kernel_name=st.sampled_from([*CPU_KERNELS, "int_mm-swapped"]),
 )
 @example(m=1, k=1, n=2, out=I8, extreme=False, seed=0, kernel_name="int_mm")  # issue 13
+@example(m=5, k=1, n=2, out=I8, extreme=True, seed=0, kernel_name="int_mm-swapped")
 def test_op_property(
     m: int, k: int, n: int, out: torch.dtype, extreme: bool, seed: int, kernel_name: str
 ) -> None:
-    previous = intmm.set_cpu_kernel(kernel_name)
+    layout = intmm.set_int_mm_layout(INT_MM_MODES.get(kernel_name, "auto"))
+    previous = intmm.set_cpu_kernel(kernel_name.removesuffix("-swapped"))
     try:
         _check_op(m, k, n, out, extreme, seed)
     finally:
         intmm.set_cpu_kernel(previous)
+        intmm.set_int_mm_layout(layout)
 
 
 def _check_op(m: int, k: int, n: int, out: torch.dtype, extreme: bool, seed: int) -> None:
@@ -480,3 +490,78 @@ def test_nan_scale_int8_output_is_defined(kernel: str, offset: float | None) -> 
         # inf * 0 is NaN -> 0 (+ offset); +-inf saturates
         want_inf = np.where(acc == 0, int(offset or 0), want_inf)
         assert got[:, 2].to(I64).numpy().tolist() == want_inf.tolist()
+
+
+# --- the int_mm kernel's layout: direct or swapped, auto measured once --------------------
+
+
+def test_int_mm_layout_setting_and_errors() -> None:
+    previous = intmm.set_int_mm_layout("swapped")
+    try:
+        assert intmm.int_mm_layout() == "swapped"
+        assert intmm.set_int_mm_layout("direct") == "swapped"
+        with pytest.raises(ValueError, match=r"layout 'sideways' is unknown; allowed: auto, "):
+            intmm.set_int_mm_layout("sideways")
+    finally:
+        intmm.set_int_mm_layout(previous)
+
+
+@pytest.mark.parametrize(
+    ("direct_ms", "swapped_ms", "expected"), [(10.0, 5.0, True), (10.0, 9.5, False)]
+)
+def test_auto_swaps_only_when_measured_clearly_faster(
+    monkeypatch: pytest.MonkeyPatch, direct_ms: float, swapped_ms: float, expected: bool
+) -> None:
+    times = iter([direct_ms, swapped_ms])
+    monkeypatch.setattr(intmm, "_best_ms", lambda fn: next(times))
+    monkeypatch.setattr(intmm, "_swap_verdict", None)
+    assert intmm._measure_swap() is expected
+
+
+def test_auto_never_swaps_where_the_swapped_product_is_inexact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = torch._int_mm
+
+    def wrong_when_swapped(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = real(a, b)
+        return out + 1 if a.shape[0] == 128 else out  # the weight first: the swapped call
+
+    monkeypatch.setattr(torch, "_int_mm", wrong_when_swapped)
+    monkeypatch.setattr(intmm, "_best_ms", lambda fn: pytest.fail("timed an inexact layout"))
+    assert intmm._measure_swap() is False
+
+
+@pytest.mark.parametrize(
+    ("rows", "weight_view", "verdict", "expected"),
+    [
+        (16, True, True, True),
+        (1, True, True, False),  # one row: a matrix-vector product either way
+        (257, True, True, False),  # transposing back costs what the layout saves
+        (16, False, True, False),  # x2 is not the .t() of a contiguous weight
+        (16, True, False, False),  # measured: not faster (or not exact) here
+    ],
+)
+def test_auto_layout_rule(
+    monkeypatch: pytest.MonkeyPatch, rows: int, weight_view: bool, verdict: bool, expected: bool
+) -> None:
+    monkeypatch.setattr(intmm, "_swap_verdict", verdict)
+    previous = intmm.set_int_mm_layout("auto")
+    calls: list[tuple[int, int]] = []
+    real = torch._int_mm
+
+    def spy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append((a.shape[0], b.shape[1]))
+        return real(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", spy)
+    try:
+        x1 = _ints((rows, 24), seed=rows)
+        w = _ints((8, 24), seed=1)
+        x2 = w.t() if weight_view else w.t().contiguous()
+        got = intmm._cpu_int_mm(x1, x2)
+        assert np.array_equal(got.numpy().astype(np.int64), _np_product(x1, x2))
+        assert got.is_contiguous()
+        assert calls == ([(8, rows)] if expected else [(rows, 8)])
+    finally:
+        intmm.set_int_mm_layout(previous)

@@ -19,7 +19,13 @@ overflow; every kernel below returns the true integer product, bit for bit:
   ``torch._int_mm`` on 2-D operands, batch dims of x1 folded into m. With k == 1 and
   n >= 2, ``torch._int_mm`` on CPU (torch 2.13.0, AMX/AVX512-VNNI Xeon) returns
   uninitialised memory in some calls and the true product in others; that shape is an
-  outer product and runs as one in int32 instead (:func:`_cpu_int_mm`).
+  outer product and runs as one in int32 instead (:func:`_cpu_int_mm`). For a weight
+  passed as the transposed view of a contiguous ``(n, k)`` matrix (how LinearQuant
+  passes it) and 2 to 256 rows, the product may run *swapped*, as
+  ``_int_mm(weight, x1.t())`` transposed back: on some CPUs oneDNN is up to 2x faster
+  that way (docs/performance.md). ``auto`` (:func:`set_int_mm_layout`) measures both once,
+  on the first such call, and swaps only where it is exact and clearly faster; every
+  layout gives the same bits.
 * CUDA: ``torch._int_mm`` where its shape rules hold, else float64 (integers below
   2**53 are exact whatever the summation order).
 * anything else (meta, MPS, XPU, ...): the same chunked float32 products, written
@@ -38,6 +44,7 @@ measurements behind the default are in docs/performance.md.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 import torch
@@ -56,6 +63,14 @@ _MIN_BLOCK_COLS, _MAX_BLOCK_COLS = 64, 1024
 _DIGIT_ROWS = 64
 
 _Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+INT_MM_LAYOUTS = ("auto", "direct", "swapped")
+# Rows of x1 for which ``auto`` may swap: below, one row is a matrix-vector product
+# either way; above, transposing the (n, m) result back costs what the layout saves
+# (measured: docs/performance.md).
+_SWAP_MIN_ROWS, _SWAP_MAX_ROWS = 2, 256
+# ``auto`` swaps only when the swapped product took at most this share of the direct one
+_SWAP_GAIN = 0.9
 
 
 def _cpu_has_fast_int8() -> bool:
@@ -81,15 +96,21 @@ def _int_mm_is_exact() -> bool:
     but runs a saturating (or otherwise inexact) path keeps the float32 kernel.
     """
     try:
-        g = torch.Generator().manual_seed(0)
-        x1 = torch.randint(-128, 128, (32, 1024), dtype=torch.int8, generator=g)
-        w = torch.randint(-128, 128, (128, 1024), dtype=torch.int8, generator=g)
-        x1[0], x1[1], x1[2, ::2] = 127, -128, 127
-        w[0], w[1], w[2, 1::2] = -128, 127, -128
+        x1, w = _adversarial_operands()
         got = torch._int_mm(x1, w.t())
         return got.dtype == torch.int32 and torch.equal(got, _chunked_float32(x1, w.t()))
     except (AttributeError, NotImplementedError, RuntimeError):  # missing or failing op
         return False
+
+
+def _adversarial_operands() -> tuple[torch.Tensor, torch.Tensor]:
+    """x1 (32, 1024) and a weight (128, 1024), int8, with full-range rows and columns."""
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randint(-128, 128, (32, 1024), dtype=torch.int8, generator=g)
+    w = torch.randint(-128, 128, (128, 1024), dtype=torch.int8, generator=g)
+    x1[0], x1[1], x1[2, ::2] = 127, -128, 127
+    w[0], w[1], w[2, 1::2] = -128, 127, -128
+    return x1, w
 
 
 def _resolve(choice: str) -> str:
@@ -124,6 +145,33 @@ def set_cpu_kernel(choice: str) -> str:
     previous = _cpu_kernel
     _cpu_kernel = _resolve(choice)
     return previous
+
+
+def int_mm_layout() -> str:
+    """How the ``int_mm`` kernel lays out its product: ``"auto"``, ``"direct"`` or
+    ``"swapped"`` (see :func:`set_int_mm_layout`)."""
+    return _int_mm_layout
+
+
+def set_int_mm_layout(choice: str) -> str:
+    """Select how the CPU ``int_mm`` kernel runs ``x1 @ weight.t()``; returns the previous
+    choice. ``"direct"``: ``_int_mm(x1, weight.t())``; ``"swapped"``:
+    ``_int_mm(weight, x1.t())`` transposed back, for every x1 with two rows or more;
+    ``"auto"`` (default): swapped for 2 to 256 rows where a one-time measurement found it
+    exact and faster, else direct. Every layout is exact: this changes speed only."""
+    global _int_mm_layout
+    if choice not in INT_MM_LAYOUTS:
+        raise ValueError(
+            f"int_mm layout {choice!r} is unknown; allowed: {', '.join(INT_MM_LAYOUTS)}"
+        )
+    previous = _int_mm_layout
+    _int_mm_layout = choice
+    return previous
+
+
+def swap_measured() -> bool | None:
+    """``auto``'s verdict (swap or not) once measured on this machine, else None."""
+    return _swap_verdict
 
 
 def int_matmul(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
@@ -178,7 +226,64 @@ def _cpu_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (|a * b| <= 2**14)."""
     if a.shape[1] == 1:
         return a.to(torch.int32) * b.to(torch.int32)
+    if _swaps(a, b):
+        return _swapped_int_mm(a, b)
     return torch._int_mm(a, b)
+
+
+def _swapped_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` as ``(b.t() @ a.t()).t()``, contiguous like ``torch._int_mm``'s result."""
+    return torch._int_mm(b.t(), a.t()).t().contiguous()
+
+
+def _swaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if _int_mm_layout == "direct":
+        return False
+    if _int_mm_layout == "swapped":
+        return a.shape[0] >= 2
+    return (
+        _SWAP_MIN_ROWS <= a.shape[0] <= _SWAP_MAX_ROWS
+        and b.stride(0) == 1
+        and b.stride(1) == b.shape[0]  # the .t() of a contiguous (n, k) weight
+        and not compiling()  # nothing is timed while tracing
+        and _swap_is_faster()
+    )
+
+
+def _swap_is_faster() -> bool:
+    global _swap_verdict
+    if _swap_verdict is None:
+        _swap_verdict = _measure_swap()
+    return _swap_verdict
+
+
+def _best_ms(fn: Callable[[], object], repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def _measure_swap() -> bool:
+    """Whether the swapped product is exact here (on :func:`_int_mm_is_exact`'s
+    adversarial operands) and takes at most ``_SWAP_GAIN`` of the direct one's time, for
+    16 rows against a (1024, 1024) weight view (about 10 ms in all, once per process)."""
+    try:
+        x1, w = _adversarial_operands()
+        if not torch.equal(_swapped_int_mm(x1, w.t()), _chunked_float32(x1, w.t())):
+            return False
+        g = torch.Generator().manual_seed(1)
+        x = torch.randint(-128, 128, (16, 1024), dtype=torch.int8, generator=g)
+        weight = torch.randint(-128, 128, (1024, 1024), dtype=torch.int8, generator=g)
+        _swapped_int_mm(x, weight.t())  # warm-up of both paths
+        torch._int_mm(x, weight.t())
+        direct = _best_ms(lambda: torch._int_mm(x, weight.t()))
+        swapped = _best_ms(lambda: _swapped_int_mm(x, weight.t()))
+        return swapped <= _SWAP_GAIN * direct
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return False
 
 
 def _cuda_int_mm_ok(x1: torch.Tensor, x2: torch.Tensor) -> bool:
@@ -324,5 +429,7 @@ def _chunked_float32(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
 
 
 _blocked_float32_op = _register_blocked_float32_op()
+_int_mm_layout = "auto"
+_swap_verdict: bool | None = None
 # resolved last: "auto" runs _int_mm_is_exact, which needs _chunked_float32
 _cpu_kernel = _from_env()
