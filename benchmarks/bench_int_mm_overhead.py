@@ -8,9 +8,11 @@ row times, interleaved in the same run (median of ``--rounds`` rounds):
 * ``compat``: ``compat.quant_matmul`` with the CPU kernel forced (``int_mm``) or ``auto``;
 * ``raw w.t()``: ``torch._int_mm(x, weight.t())``, no epilogue;
 * ``raw (k,n)``: ``torch._int_mm(x, weight.t().contiguous())`` (a copy made outside);
+* ``raw swapped``: ``torch._int_mm(weight, x.t()).t().contiguous()``, the same product
+  with the operands' roles swapped (no weight copy), transposed back;
 * ``fp32``: ``x.float() @ w_dq.t() + bias``, w_dq dequantized once outside the timing.
 
-``compat / best raw`` divides by the faster raw layout (target <= 1.10), ``fp32 / compat``
+``compat / best raw`` divides by the fastest raw layout (target <= 1.10), ``fp32 / compat``
 is the speedup over float32 (target >= 5 at m >= 16 where VNNI/AMX is present).
 
 Run: ``python benchmarks/bench_int_mm_overhead.py [--threads 1] [--rounds 5]
@@ -68,6 +70,14 @@ def main() -> None:
     intmm.set_cpu_kernel(auto)
     print(machine_line())
     print(cpu_flags() + f"; auto resolves to {auto}")
+    # measure the int_mm layout once now, outside every timing
+    intmm.set_cpu_kernel("int_mm")
+    compat.quant_matmul(torch.ones(16, args.k, dtype=torch.int8), wt, scale, bias=bias)
+    intmm.set_cpu_kernel(auto)
+    print(
+        f"int_mm layout: {intmm.int_mm_layout()}, swapped product measured faster here: "
+        f"{intmm.swap_measured()}"
+    )
     print(f"weight memory: {w.numel() / 2**20:.0f} MiB int8 ({n}x{args.k}); compat keeps no copy")
     print()
     print(
@@ -80,13 +90,14 @@ def main() -> None:
                 "compat ms",
                 "raw w.t() ms",
                 "raw (k,n) ms",
+                "raw swapped ms",
                 "fp32 ms",
                 "compat / best raw",
                 "fp32 / compat",
             ]
         )
     )
-    print(row(["---"] * 10))
+    print(row(["---"] * 11))
     worst: list[float] = []
     for m in args.m:
         x = torch.randint(-128, 128, (m, args.k), dtype=torch.int8, generator=gen)
@@ -102,10 +113,11 @@ def main() -> None:
                         "compat": lambda x1=x1, kw=kw: compat.quant_matmul(x1, wt, scale, **kw),  # type: ignore[arg-type]
                         "raw_t": lambda x=x: torch._int_mm(x, wt),
                         "raw_c": lambda x=x: torch._int_mm(x, wkn),
+                        "raw_s": lambda x=x: torch._int_mm(w, x.t()).t().contiguous(),
                         "fp32": lambda x=x: torch.addmm(bias_f, x.to(torch.float32), w_dq_t),
                     }
                     t = interleaved_ms(fns, rounds=args.rounds, patience=args.patience)
-                    best = min(t["raw_t"], t["raw_c"])
+                    best = min(t["raw_t"], t["raw_c"], t["raw_s"])
                     worst.append(t["compat"] / best)
                     print(
                         row(
@@ -117,6 +129,7 @@ def main() -> None:
                                 f"{t['compat']:.3f}",
                                 f"{t['raw_t']:.3f}",
                                 f"{t['raw_c']:.3f}",
+                                f"{t['raw_s']:.3f}",
                                 f"{t['fp32']:.2f}",
                                 f"{t['compat'] / best:.2f}",
                                 f"{t['fp32'] / t['compat']:.1f}",

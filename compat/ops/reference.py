@@ -179,11 +179,16 @@ def epilogue(
     )
     groups = acc.numel() // (m * n) if per_batch else 1
     acc3 = acc.reshape(groups, -1, n)
-    result = torch.empty(acc3.shape, dtype=out, device=acc.device)
     rows = acc3.shape[1]
     block = _block_rows(rows, n)
-    buf = torch.empty((block, n), dtype=torch.float32, device=acc.device)
     p = None if pertoken is None else pertoken.to(torch.float32).unsqueeze(-1)
+    if groups == 1 and rows <= block:
+        # one block (few rows): no result slices to fill, one conversion at the end
+        y = torch.empty((rows, n), dtype=torch.float32, device=acc.device)
+        _block(acc3[0], y, s, off, p, int_bias, float_bias, out)
+        return y.to(out).reshape(acc.shape)
+    result = torch.empty(acc3.shape, dtype=out, device=acc.device)
+    buf = torch.empty((block, n), dtype=torch.float32, device=acc.device)
     for g in range(groups):
         ib: BiasTerms | None = None
         if int_bias is not None:
@@ -192,28 +197,43 @@ def epilogue(
         fb = None if float_bias is None else _row_operand(float_bias, g)
         for start in range(0, rows, block):
             stop = min(start + block, rows)
-            a = acc3[g, start:stop]
-            if ib is not None:
-                add_wrapping_(a, ib)
             y = buf[: stop - start]
-            y.copy_(a)  # int32 -> float32, round to nearest even
-            y.mul_(s)
-            if p is not None:
-                y.mul_(p[start:stop])
-            if fb is not None:
-                y.add_(fb)
-            if out == torch.int8:
-                # A float -> integer cast of NaN or of an out-of-range value is undefined
-                # in C++ (scalar and SIMD paths differ), so every value is made finite and
-                # in range first. NaN (a NaN scale, pertoken scale or float bias; CANN
-                # forbids NaN scales, docs/ops.md §2.1, the hardware result is
-                # UNCONFIRMED) is defined as 0.
-                y.round_().nan_to_num_(nan=0.0).clamp_(-256, 255)  # 9-bit stage, §2.4
-                if off is not None:
-                    y.add_(off)
-                y.clamp_(-128, 127)
+            _block(
+                acc3[g, start:stop], y, s, off, None if p is None else p[start:stop], ib, fb, out
+            )
             result[g, start:stop].copy_(y)  # float16 / bfloat16: round half-to-even
     return result.reshape(acc.shape)
+
+
+def _block(
+    a: torch.Tensor,
+    y: torch.Tensor,
+    s: torch.Tensor,
+    off: torch.Tensor | None,
+    p: torch.Tensor | None,
+    ib: BiasTerms | None,
+    fb: torch.Tensor | None,
+    out: torch.dtype,
+) -> None:
+    """One block of rows: ``a`` (int32, overwritten) through the formula into ``y``
+    (float32, same shape), ready for the cast to ``out``."""
+    if ib is not None:
+        add_wrapping_(a, ib)
+    y.copy_(a)  # int32 -> float32, round to nearest even
+    y.mul_(s)
+    if p is not None:
+        y.mul_(p)
+    if fb is not None:
+        y.add_(fb)
+    if out == torch.int8:
+        # A float -> integer cast of NaN or of an out-of-range value is undefined in C++
+        # (scalar and SIMD paths differ), so every value is made finite and in range
+        # first. NaN (a NaN scale, pertoken scale or float bias; CANN forbids NaN scales,
+        # docs/ops.md §2.1, the hardware result is UNCONFIRMED) is defined as 0.
+        y.round_().nan_to_num_(nan=0.0).clamp_(-256, 255)  # 9-bit stage, §2.4
+        if off is not None:
+            y.add_(off)
+        y.clamp_(-128, 127)
 
 
 def _row_operand(t: torch.Tensor, g: int) -> torch.Tensor:
