@@ -194,7 +194,7 @@ def int_matmul(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     else:
         return _chunked_float32(x1, x2)
     if x2.dim() == 2:
-        return _folded(kernel, x1, x2)
+        return kernel(x1, x2) if x1.dim() == 2 else _folded(kernel, x1, x2)
     if all(x2.shape[d] == 1 or x2.stride(d) == 0 for d in range(x2.dim() - 2)):
         # one matrix shared by every batch element ((1, k, n), or expanded): one product
         batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
