@@ -540,12 +540,19 @@ def test_auto_never_swaps_where_the_swapped_product_is_inexact(
         (257, True, True, False),  # transposing back costs what the layout saves
         (16, False, True, False),  # x2 is not the .t() of a contiguous weight
         (16, True, False, False),  # measured: not faster (or not exact) here
+        (16, "small", True, False),  # a weight below 2**22 elements stays in cache
     ],
 )
 def test_auto_layout_rule(
-    monkeypatch: pytest.MonkeyPatch, rows: int, weight_view: bool, verdict: bool, expected: bool
+    monkeypatch: pytest.MonkeyPatch,
+    rows: int,
+    weight_view: bool | str,
+    verdict: bool,
+    expected: bool,
 ) -> None:
     monkeypatch.setattr(intmm, "_swap_verdict", verdict)
+    if weight_view != "small":  # the (8, 24) test weight counts as large
+        monkeypatch.setattr(intmm, "_SWAP_MIN_WEIGHT", 8 * 24)
     previous = intmm.set_int_mm_layout("auto")
     calls: list[tuple[int, int]] = []
     real = torch._int_mm

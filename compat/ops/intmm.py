@@ -21,10 +21,11 @@ overflow; every kernel below returns the true integer product, bit for bit:
   uninitialised memory in some calls and the true product in others; that shape is an
   outer product and runs as one in int32 instead (:func:`_cpu_int_mm`). For a weight
   passed as the transposed view of a contiguous ``(n, k)`` matrix (how LinearQuant
-  passes it) and 2 to 256 rows, the product may run *swapped*, as
+  passes it) of at least 4 Mi elements and 2 to 256 rows, the product may run *swapped*, as
   ``_int_mm(weight, x1.t())`` transposed back: on some CPUs oneDNN is up to 2x faster
   that way (docs/performance.md). ``auto`` (:func:`set_int_mm_layout`) measures both once,
-  on the first such call, and swaps only where it is exact and clearly faster; every
+  on the first such call (about 20 ms), and swaps only where it is exact and clearly
+  faster; every
   layout gives the same bits.
 * CUDA: ``torch._int_mm`` where its shape rules hold, else float64 (integers below
   2**53 are exact whatever the summation order).
@@ -69,6 +70,9 @@ INT_MM_LAYOUTS = ("auto", "direct", "swapped")
 # either way; above, transposing the (n, m) result back costs what the layout saves
 # (measured: docs/performance.md).
 _SWAP_MIN_ROWS, _SWAP_MAX_ROWS = 2, 256
+# ... and weights of at least this many elements (4 MiB of int8): a weight that stays in
+# the cache gains nothing from the swap, or loses (measured: docs/performance.md)
+_SWAP_MIN_WEIGHT = 2**22
 # ``auto`` swaps only when the swapped product took at most this share of the direct one
 _SWAP_GAIN = 0.9
 
@@ -157,8 +161,9 @@ def set_int_mm_layout(choice: str) -> str:
     """Select how the CPU ``int_mm`` kernel runs ``x1 @ weight.t()``; returns the previous
     choice. ``"direct"``: ``_int_mm(x1, weight.t())``; ``"swapped"``:
     ``_int_mm(weight, x1.t())`` transposed back, for every x1 with two rows or more;
-    ``"auto"`` (default): swapped for 2 to 256 rows where a one-time measurement found it
-    exact and faster, else direct. Every layout is exact: this changes speed only."""
+    ``"auto"`` (default): swapped for 2 to 256 rows and weights of 4 Mi elements or more
+    where a one-time measurement found it exact and faster, else direct. Every layout is
+    exact: this changes speed only."""
     global _int_mm_layout
     if choice not in INT_MM_LAYOUTS:
         raise ValueError(
@@ -243,6 +248,7 @@ def _swaps(a: torch.Tensor, b: torch.Tensor) -> bool:
         return a.shape[0] >= 2
     return (
         _SWAP_MIN_ROWS <= a.shape[0] <= _SWAP_MAX_ROWS
+        and b.numel() >= _SWAP_MIN_WEIGHT
         and b.stride(0) == 1
         and b.stride(1) == b.shape[0]  # the .t() of a contiguous (n, k) weight
         and not compiling()  # nothing is timed while tracing
@@ -269,14 +275,15 @@ def _best_ms(fn: Callable[[], object], repeat: int = 3) -> float:
 def _measure_swap() -> bool:
     """Whether the swapped product is exact here (on :func:`_int_mm_is_exact`'s
     adversarial operands) and takes at most ``_SWAP_GAIN`` of the direct one's time, for
-    16 rows against a (1024, 1024) weight view (about 10 ms in all, once per process)."""
+    16 rows against a (2048, 2048) weight view (about 20 ms in all, once per process)."""
     try:
         x1, w = _adversarial_operands()
         if not torch.equal(_swapped_int_mm(x1, w.t()), _chunked_float32(x1, w.t())):
             return False
         g = torch.Generator().manual_seed(1)
-        x = torch.randint(-128, 128, (16, 1024), dtype=torch.int8, generator=g)
-        weight = torch.randint(-128, 128, (1024, 1024), dtype=torch.int8, generator=g)
+        side = 2048  # 2**22 elements: the smallest weight auto may swap for
+        x = torch.randint(-128, 128, (16, side), dtype=torch.int8, generator=g)
+        weight = torch.randint(-128, 128, (side, side), dtype=torch.int8, generator=g)
         _swapped_int_mm(x, weight.t())  # warm-up of both paths
         torch._int_mm(x, weight.t())
         direct = _best_ms(lambda: torch._int_mm(x, weight.t()))
