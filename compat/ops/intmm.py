@@ -21,12 +21,11 @@ overflow; every kernel below returns the true integer product, bit for bit:
   uninitialised memory in some calls and the true product in others; that shape is an
   outer product and runs as one in int32 instead (:func:`_cpu_int_mm`). For a weight
   passed as the transposed view of a contiguous ``(n, k)`` matrix (how LinearQuant
-  passes it) of at least 4 Mi elements and 2 to 256 rows, the product may run *swapped*, as
-  ``_int_mm(weight, x1.t())`` transposed back: on some CPUs oneDNN is up to 2x faster
-  that way (docs/performance.md). ``auto`` (:func:`set_int_mm_layout`) measures both once,
-  on the first such call (about 20 ms), and swaps only where it is exact and clearly
-  faster; every
-  layout gives the same bits.
+  passes it) of at least 2**22 elements and 2 to 256 rows, the product may run
+  *swapped*, as ``_int_mm(weight, x1.t())`` transposed back: on some CPUs oneDNN is up to
+  2.5x faster that way (docs/performance.md). ``auto`` (:func:`set_int_mm_layout`)
+  measures both once, on the first such call (about 20 ms), and swaps only where the
+  swapped product is exact and clearly faster; every layout gives the same bits.
 * CUDA: ``torch._int_mm`` where its shape rules hold, else float64 (integers below
   2**53 are exact whatever the summation order).
 * anything else (meta, MPS, XPU, ...): the same chunked float32 products, written
