@@ -541,6 +541,7 @@ def test_auto_never_swaps_where_the_swapped_product_is_inexact(
         (16, False, True, False),  # x2 is not the .t() of a contiguous weight
         (16, True, False, False),  # measured: not faster (or not exact) here
         (16, "small", True, False),  # a weight below 2**22 elements stays in cache
+        (16, "narrow", True, False),  # more than n / 16 rows (n = 8 here)
     ],
 )
 def test_auto_layout_rule(
@@ -553,6 +554,8 @@ def test_auto_layout_rule(
     monkeypatch.setattr(intmm, "_swap_verdict", verdict)
     if weight_view != "small":  # the (8, 24) test weight counts as large
         monkeypatch.setattr(intmm, "_SWAP_MIN_WEIGHT", 8 * 24)
+    if weight_view != "narrow":  # and as wide enough for 256 rows
+        monkeypatch.setattr(intmm, "_SWAP_ROWS_PER_COLUMN", 32)
     previous = intmm.set_int_mm_layout("auto")
     calls: list[tuple[int, int]] = []
     real = torch._int_mm

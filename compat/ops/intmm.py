@@ -21,7 +21,7 @@ overflow; every kernel below returns the true integer product, bit for bit:
   uninitialised memory in some calls and the true product in others; that shape is an
   outer product and runs as one in int32 instead (:func:`_cpu_int_mm`). For a weight
   passed as the transposed view of a contiguous ``(n, k)`` matrix (how LinearQuant
-  passes it) of at least 2**22 elements and 2 to 256 rows, the product may run
+  passes it) of at least 2**22 elements and 2 to min(256, n / 16) rows, the product may run
   *swapped*, as ``_int_mm(weight, x1.t())`` transposed back: on some CPUs oneDNN is up to
   2.5x faster that way (docs/performance.md). ``auto`` (:func:`set_int_mm_layout`)
   measures both once, on the first such call (about 20 ms), and swaps only where the
@@ -66,9 +66,9 @@ _Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 INT_MM_LAYOUTS = ("auto", "direct", "swapped")
 # Rows of x1 for which ``auto`` may swap: below, one row is a matrix-vector product
-# either way; above, transposing the (n, m) result back costs what the layout saves
-# (measured: docs/performance.md).
-_SWAP_MIN_ROWS, _SWAP_MAX_ROWS = 2, 256
+# either way; above (and above n / 16 rows), the swapped product loses its edge and
+# transposing the (n, m) result back costs more (measured: docs/performance.md).
+_SWAP_MIN_ROWS, _SWAP_MAX_ROWS, _SWAP_ROWS_PER_COLUMN = 2, 256, 1 / 16
 # ... and weights of at least this many elements (4 MiB of int8): a weight that stays in
 # the cache gains nothing from the swap, or loses (measured: docs/performance.md)
 _SWAP_MIN_WEIGHT = 2**22
@@ -160,9 +160,9 @@ def set_int_mm_layout(choice: str) -> str:
     """Select how the CPU ``int_mm`` kernel runs ``x1 @ weight.t()``; returns the previous
     choice. ``"direct"``: ``_int_mm(x1, weight.t())``; ``"swapped"``:
     ``_int_mm(weight, x1.t())`` transposed back, for every x1 with two rows or more;
-    ``"auto"`` (default): swapped for 2 to 256 rows and weights of 4 Mi elements or more
-    where a one-time measurement found it exact and faster, else direct. Every layout is
-    exact: this changes speed only."""
+    ``"auto"`` (default): swapped for 2 to min(256, n / 16) rows and weights of 2**22 or more
+    elements where a one-time measurement found it exact and faster, else direct. Every
+    layout is exact: this changes speed only."""
     global _int_mm_layout
     if choice not in INT_MM_LAYOUTS:
         raise ValueError(
@@ -246,7 +246,7 @@ def _swaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     if _int_mm_layout == "swapped":
         return a.shape[0] >= 2
     return (
-        _SWAP_MIN_ROWS <= a.shape[0] <= _SWAP_MAX_ROWS
+        _SWAP_MIN_ROWS <= a.shape[0] <= min(_SWAP_MAX_ROWS, b.shape[1] * _SWAP_ROWS_PER_COLUMN)
         and b.numel() >= _SWAP_MIN_WEIGHT
         and b.stride(0) == 1
         and b.stride(1) == b.shape[0]  # the .t() of a contiguous (n, k) weight
