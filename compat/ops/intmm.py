@@ -246,11 +246,11 @@ def _swaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     if _int_mm_layout == "swapped":
         return a.shape[0] >= 2
     return (
-        _SWAP_MIN_ROWS <= a.shape[0] <= min(_SWAP_MAX_ROWS, b.shape[1] * _SWAP_ROWS_PER_COLUMN)
+        not compiling()  # nothing is timed while tracing (nor guarded on m)
+        and _SWAP_MIN_ROWS <= a.shape[0] <= min(_SWAP_MAX_ROWS, b.shape[1] * _SWAP_ROWS_PER_COLUMN)
         and b.numel() >= _SWAP_MIN_WEIGHT
         and b.stride(0) == 1
         and b.stride(1) == b.shape[0]  # the .t() of a contiguous (n, k) weight
-        and not compiling()  # nothing is timed while tracing
         and _swap_is_faster()
     )
 
