@@ -8,14 +8,19 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import oracle
 import pytest
 import torch
+from conftest import ROOT
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 import compat
 from compat.cli import main as cli
@@ -69,7 +74,7 @@ def _sharded(path: Path, *, bad_weight: bool = False) -> Path:
     path.mkdir()
     weight_map: dict[str, str] = {}
     total = 0
-    for name, state in zip(NAMES, shards):
+    for name, state in zip(NAMES, shards, strict=True):
         save_file(state, str(path / name))
         weight_map.update(dict.fromkeys(state, name))
         total += sum(t.numel() * t.element_size() for t in state.values())
@@ -285,6 +290,49 @@ def test_a_part_checks_the_weights_of_its_own_shards(
     assert _digests(src) == before
 
 
+def _documented_merge(tmp_path: Path, *args: Path) -> subprocess.CompletedProcess[str]:
+    """Run the merge_parts.py block of docs/checkpoints.md, as the docs tell users to."""
+    text = (ROOT / "docs" / "checkpoints.md").read_text()
+    block = text.split("<!-- merge_parts.py: tests/test_upgrade_only_shards.py runs this block -->")
+    assert len(block) == 2
+    code = block[1].split("```python\n", 1)[1].split("\n```", 1)[0]
+    script = tmp_path / "merge_parts.py"
+    script.write_text(code)
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_documented_merge_step_gives_the_whole_conversion(tmp_path: Path) -> None:
+    src = _sharded(tmp_path / "src")
+    work = tmp_path / "work"
+    work.mkdir()
+    a, b = work / "part-a", work / "part-b"
+    assert cli(["upgrade", str(src), str(a), *PART_A, *DTYPES, "-q"]) == 0
+    assert cli(["upgrade", str(src), str(b), *PART_B, *DTYPES, "-q"]) == 0
+    assert cli(["upgrade", str(src), str(tmp_path / "whole"), *DTYPES, "-q"]) == 0
+    dst = tmp_path / "dst"
+    # refused, writing nothing: a part missing, parts overlapping, a part of another source
+    missing = _documented_merge(tmp_path, src / INDEX, dst, a)
+    assert missing.returncode == 1 and f"miss {NAMES[2:]}" in missing.stderr
+    overlap = _documented_merge(tmp_path, src / INDEX, dst, a, a, b)
+    assert overlap.returncode == 1 and f"overlap in {NAMES[:2]}" in overlap.stderr
+    other = shutil.copytree(src, tmp_path / "other")
+    (other / INDEX).write_text(json.dumps(_index(src)))  # the same checkpoint, other bytes
+    assert cli(["upgrade", str(other), str(work / "b2"), *PART_B, *DTYPES, "-q"]) == 0
+    mixed = _documented_merge(tmp_path, src / INDEX, dst, a, work / "b2")
+    assert mixed.returncode == 1 and "part of another source" in mixed.stderr
+    assert not dst.exists() and not (tmp_path / "dst.merging").exists()
+    merged = _documented_merge(tmp_path, src / INDEX, dst, a, b)
+    assert merged.returncode == 0, merged.stderr
+    assert _digests(dst) == _digests(tmp_path / "whole")  # every file, the index too
+    assert sorted(p.name for p in tmp_path.iterdir() if "merging" in p.name) == []
+    _same(_loaded(dst), _loaded(tmp_path / "whole"))
+
+
 # --------------------------------------------------------------------------- usage errors
 def _bin_sharded(path: Path) -> Path:
     path.mkdir()
@@ -336,6 +384,11 @@ def _bin_sharded(path: Path) -> Path:
             ["sharded safetensors checkpoints only", "detected as a single safetensors file"],
         ),
         (
+            "dcp",
+            ["{dst}", "--only-shards", "*", "--to", "sharded"],
+            ["sharded safetensors checkpoints only", "torch.distributed.checkpoint directory"],
+        ),
+        (
             "bin",
             ["{dst}", "--only-shards", "*"],
             [
@@ -358,6 +411,11 @@ def test_usage_errors_exit_2_and_write_nothing(
         src = _sharded(tmp_path / "src")
     elif make == "bin":
         src = _bin_sharded(tmp_path / "src")
+    elif make == "dcp":
+        src = tmp_path / "src"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+            dcp_save({"fc.weight": torch.zeros(4, 4, dtype=torch.int8)}, checkpoint_id=str(src))
     else:
         (tmp_path / "src").mkdir()
         state = {"fc.weight": torch.zeros(4, 4, dtype=torch.int8), "fc.scale": torch.ones(4)}
@@ -367,7 +425,7 @@ def test_usage_errors_exit_2_and_write_nothing(
         else:
             save_file(state, str(src))
     before = _digests(tmp_path / "src")
-    dst = tmp_path / ("o.pt" if make == "torch" else "out")
+    dst = tmp_path / ("o.pt" if make == "torch" else "out")  # a valid DST but for the option
     argv = [a.format(dst=dst) for a in args]
     assert cli(["upgrade", str(src), *argv]) == 2
     err = capsys.readouterr().err
