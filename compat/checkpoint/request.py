@@ -31,6 +31,52 @@ class Request:
     progress: str = "auto"  # auto | always | never
     to: str | None = None  # output format of a DCP source: dcp | torch | safetensors | sharded
     jobs: int | None = None  # worker processes for sharded sources; None: default_jobs()
+    # shell globs over the shard file names of a sharded safetensors index: convert only
+    # the shards they match (one part of a conversion split across hosts)
+    only_shards: tuple[str, ...] = ()
+
+
+def only_shards_text(patterns: tuple[str, ...]) -> str:
+    """The ``--only-shards`` options as given, for messages."""
+    return " ".join(f"--only-shards {p!r}" for p in patterns)
+
+
+def names_text(names: list[str] | tuple[str, ...], shown: int = 3) -> str:
+    """The first ``shown`` names and how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+@dataclass(frozen=True)
+class Part:
+    """The shards one ``--only-shards`` conversion writes, of all the index lists."""
+
+    patterns: tuple[str, ...]
+    selected: tuple[str, ...]  # shard file names, in index order
+    skipped: tuple[str, ...]
+    checkpoint_layers: int  # quantized linear layers of the whole checkpoint
+
+    @property
+    def of(self) -> int:
+        """Number of shards in the whole checkpoint."""
+        return len(self.selected) + len(self.skipped)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "patterns": list(self.patterns),
+            "selected": list(self.selected),
+            "skipped": list(self.skipped),
+            "of": self.of,
+        }
+
+    def describe(self) -> str:
+        """One line: which shards were selected and skipped."""
+        return (
+            f"shards: {len(self.selected)} of {self.of} selected by "
+            f"{only_shards_text(self.patterns)} ({names_text(self.selected)}); "
+            f"{len(self.skipped)} skipped"
+            + (f" ({names_text(self.skipped)})" if self.skipped else "")
+        )
 
 
 @dataclass
@@ -44,11 +90,18 @@ class Result:
     backups: list[Path] = field(default_factory=list)
     verified: bool = False
     notes: list[str] = field(default_factory=list)
+    part: Part | None = None  # --only-shards: the reports are about the selected shards
 
     @property
     def quant_layers(self) -> int:
-        """Quantized linear layers found in every state_dict of the source."""
+        """Quantized linear layers found in every state_dict of the source (of a part:
+        those with a tensor in its shards)."""
         return sum(len(r.groups) for _, r in self.reports)
+
+    @property
+    def checkpoint_layers(self) -> int:
+        """Quantized linear layers of the whole source checkpoint."""
+        return self.part.checkpoint_layers if self.part is not None else self.quant_layers
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +115,7 @@ class Result:
             "written": [str(p) for p in self.written],
             "backups": [str(p) for p in self.backups],
             "notes": self.notes,
+            "shards": None if self.part is None else self.part.to_dict(),
             "state_dicts": [{"location": loc or None, **r.to_dict()} for loc, r in self.reports],
         }
 
@@ -74,6 +128,8 @@ class Result:
             "would-convert": "dry run: would convert (nothing written)",
             "up-to-date": "dry run: already current (nothing written)",
         }[self.status]
+        if self.part is not None:
+            verb += f"; {len(self.part.selected)} of {self.part.of} shards"
         if self.backups:
             verb += f"; backup: {', '.join(map(str, self.backups))}"
         return verb
@@ -88,6 +144,8 @@ class Result:
                     lines.append(f"state_dict {loc}:")
                 lines.append(report.details() if verbosity > 1 else report.summary())
             lines.extend(f"note: {n}" for n in self.notes)
+            if self.part is not None:
+                lines.append(self.part.describe())
         lines.append(self.verdict())
         return "\n".join(lines)
 
@@ -108,7 +166,34 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+_KINDS = {
+    "torch": "a torch file",
+    "safetensors": "a single safetensors file",
+    "dcp": "a torch.distributed.checkpoint directory",
+}
+
+
+def check_only_shards(req: Request, source: Source) -> None:
+    """``--only-shards`` needs a sharded source and a new DST (not ``--in-place``)."""
+    if not req.only_shards:
+        return
+    given = only_shards_text(req.only_shards)
+    if source.kind != "sharded":
+        raise UsageError(
+            f"{given}: the option applies to sharded safetensors checkpoints only (a "
+            f"*.safetensors.index.json or a directory holding one); {req.src} was detected as "
+            f"{_KINDS.get(source.kind, source.kind)}"
+        )
+    if req.in_place:
+        raise UsageError(
+            f"{given}: cannot be combined with --in-place (converting some shards in place "
+            "would leave a checkpoint mixing converted and legacy shards); allowed: a new DST "
+            "directory for the selected shards, or --dry-run"
+        )
+
+
 def resolve_destination(req: Request, source: Source) -> Path | None:
+    check_only_shards(req, source)
     if req.in_place and req.dst is not None:
         raise UsageError("give either DST or --in-place, not both")
     if req.in_place and req.dry_run:

@@ -12,8 +12,9 @@ that happens to use these names) and is reported as skipped, never changed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,23 @@ class UpgradeReport:
     def changes(self) -> tuple[KeyChange, ...]:
         """The keys whose tensor is transformed."""
         return tuple(k for g in self.groups for k in g.keys if k.changed)
+
+    def restricted(self, keys: Collection[str]) -> UpgradeReport:
+        """The part of this report about ``keys`` (e.g. some shards' tensors): the groups
+        with a key among them, holding only those keys; skipped groups whose weight or
+        scale is among them; the other keys among them."""
+        groups = []
+        for g in self.groups:
+            mine = tuple(k for k in g.keys if k.key in keys)
+            if mine:
+                groups.append(dataclasses.replace(g, keys=mine))
+        skipped = tuple(
+            (module, reason)
+            for module, reason in self.skipped
+            if any((f"{module}.{n}" if module else n) in keys for n in ("weight", "scale"))
+        )
+        covered = sum(len(g.keys) for g in groups)
+        return UpgradeReport(tuple(groups), skipped, len(keys) - covered)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (``python -m compat upgrade --json``)."""

@@ -21,6 +21,12 @@ never overwrites an existing backup; on failure every file is left as it was, an
 replaced file keeps its permission bits). Output is written to a temporary file,
 fsynced, verified by reloading and then moved into place. See docs/checkpoints.md.
 
+--only-shards converts one part of a sharded safetensors checkpoint (e.g. one host's
+share of a very large one): planned from the whole index, it writes to DST only the
+matching shards, verified, and an index of their entries whose metadata.compat_part
+lists the part's shards and how many the whole has (docs/checkpoints.md: Converting a
+1 TB checkpoint on many machines).
+
 exit codes: 0 converted or already current (dry run: convertible), 1 conversion error
 (message on stderr, or in the --json report), 2 usage error.
 """
@@ -63,6 +69,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="worker processes for the shards of a sharded checkpoint (default: the usable "
         "cores, capped by memory and by one per GiB to rewrite); the commit stays all or "
         "nothing",
+    )
+    parser.add_argument(
+        "--only-shards",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="sharded safetensors checkpoints: convert only the shards whose file name (as the "
+        "index's weight_map lists it, e.g. model-0000[1-4]-of-00016.safetensors) matches the "
+        "shell glob PATTERN (case-sensitive; repeatable: the union). The plan is made from the "
+        "whole index; DST gets the selected shards and an index of their entries only. Not with "
+        "--in-place",
     )
     parser.add_argument(
         "--class",
@@ -191,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         output_dtypes=output_dtypes,
         progress=args.progress,
+        only_shards=tuple(args.only_shards),
     )
     try:
         result = convert(request)
@@ -200,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, 1, str(err), err.problems)
     except ValueError as err:  # e.g. output_dtypes naming a module that is not there
         return _fail(args, 2, str(err))
-    if result.quant_layers == 0:
+    if result.checkpoint_layers == 0:
         print(
             f"upgrade: warning: {args.src}: 0 quantized linear layers found (no "
             "LinearA8W8Quant/LinearQuant entries); nothing to upgrade; is this the right file?",

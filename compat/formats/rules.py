@@ -372,9 +372,14 @@ class _Group:
             return None
         return self.access.tensor(self.keys[name])
 
-    @property
-    def access_defers(self) -> bool:
-        """Float weights are checked while being written (streaming conversion)."""
+    def defers(self, key: str) -> bool:
+        """Whether the float weight ``key`` is checked later, not while planning: an access
+        with ``defer_weight_checks`` checks every float weight while writing it (streaming
+        conversion); one with ``defers_weight_check(key)`` decides per key (a conversion
+        of some shards checks the weights of those shards only)."""
+        per_key = getattr(self.access, "defers_weight_check", None)
+        if per_key is not None:
+            return bool(per_key(key))
         return bool(getattr(self.access, "defer_weight_checks", False))
 
     def has_nan(self, name: str, values: torch.Tensor) -> bool:
@@ -467,7 +472,7 @@ def _plan_weight(g: _Group) -> torch.dtype | None:
             "it cannot be restored to int8",
         )
         return None
-    bad, restored = (None, None) if g.access_defers else _restore_int8(g.access, key, spec)
+    bad, restored = (None, None) if g.defers(key) else _restore_int8(g.access, key, spec)
     if bad is not None:
         index, value = bad
         g.problem(

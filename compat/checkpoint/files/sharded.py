@@ -4,17 +4,21 @@ shard (safetensors or torch file) holding each tensor.
 Planned as one state_dict across shards; only the shards holding a changed tensor are
 rewritten. A new destination directory is built aside and renamed; in place, the shards
 and then the index are replaced all or nothing (:func:`compat.checkpoint.commit.commit_all`).
+
+With ``only_shards`` (globs over the shard file names) the plan is still made from the
+whole index, but only the matching shards are converted, verified and written, with an
+index of their entries whose ``metadata`` records the part (:data:`PART_KEY`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
+import fnmatch
 import json
 import multiprocessing
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,15 @@ from compat.checkpoint.files import safetensors_file, torchfile
 from compat.checkpoint.files.safetensors_file import SafetensorsFile
 from compat.checkpoint.files.torchfile import Location
 from compat.checkpoint.progress import Progress
-from compat.checkpoint.request import Request, Result, Source, UsageError
+from compat.checkpoint.request import (
+    Part,
+    Request,
+    Result,
+    Source,
+    UsageError,
+    names_text,
+    only_shards_text,
+)
 from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import (
     UpgradeReport,
@@ -86,6 +98,52 @@ class _DeferredMulti(_MultiAccess):
     instead of two); on a bad value the conversion re-plans with every value read."""
 
     defer_weight_checks = True
+
+
+class _PartAccess(_MultiAccess):
+    """Reads the float weights of the selected shards only: those of the other shards are
+    checked by the conversion that writes them."""
+
+    def __init__(self, owner: dict[str, _Shard], selected: Collection[str]) -> None:
+        super().__init__(owner)
+        self.selected = set(selected)
+
+    def defers_weight_check(self, key: str) -> bool:
+        return self.owner[key].name not in self.selected
+
+
+#: The key of an ``--only-shards`` part's index ``metadata`` that says which shards of
+#: the whole checkpoint it holds (see docs/checkpoints.md).
+PART_KEY = "compat_part"
+
+
+def select_shards(
+    index_path: Path, names: tuple[str, ...], patterns: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The shards (file names, in index order) that any of ``patterns`` (shell globs, case
+    sensitive) matches, and the others; raises UsageError for a pattern that matches
+    none, or when a shard is not a safetensors file."""
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise UsageError(
+                f"--only-shards {pattern!r}: matches no shard of {index_path}; allowed: a shell "
+                f"glob over the file names of its {len(names)} shard(s), e.g. {names_text(names)}"
+            )
+    for name in names:
+        path = index_path.parent / name
+        if path.is_file() and not safetensors_file.is_safetensors(path):
+            raise UsageError(
+                f"{only_shards_text(patterns)}: the option applies to sharded safetensors "
+                f"checkpoints only; {index_path} is a sharded checkpoint whose shard {name!r} is "
+                "not a safetensors file (a torch file?)"
+            )
+    chosen = tuple(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    return chosen, tuple(n for n in names if n not in chosen)
+
+
+def _checking(owner: dict[str, _Shard], selected: tuple[str, ...] | None) -> _MultiAccess:
+    """Access that reads every value a conversion checks (of some shards: theirs only)."""
+    return _MultiAccess(owner) if selected is None else _PartAccess(owner, selected)
 
 
 def read_index(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -149,8 +207,7 @@ def _write_shard(
     shard: _Shard, report: UpgradeReport, dst: Path, progress: Progress
 ) -> atomic.TempFile:
     """Write and verify one upgraded shard as a temporary file (not yet committed)."""
-    keys = set(shard.keys())
-    own = _only(report, keys)
+    own = report.restricted(set(shard.keys()))
     with commit.writing(dst) as tmp:
         assert tmp.file is not None
         if shard.st is not None:
@@ -239,7 +296,7 @@ def _write_shards(
                     _shard_worker,
                     s.path,
                     s.name,
-                    _only(report, set(s.keys())),
+                    report.restricted(set(s.keys())),
                     targets[s.name],
                     req.trust_pickle,
                 ): s
@@ -264,14 +321,8 @@ def _write_shards(
         raise
 
 
-def _only(report: UpgradeReport, keys: set[str]) -> UpgradeReport:
-    """The part of a report about ``keys`` (one shard's tensors)."""
-    groups = []
-    for g in report.groups:
-        mine = tuple(k for k in g.keys if k.key in keys)
-        if mine:
-            groups.append(dataclasses.replace(g, keys=mine))
-    return UpgradeReport(tuple(groups), (), 0)
+def _dump(index: dict[str, Any]) -> bytes:
+    return (json.dumps(index, indent=2) + "\n").encode()
 
 
 def _new_index(index: dict[str, Any], report: UpgradeReport) -> bytes:
@@ -279,26 +330,66 @@ def _new_index(index: dict[str, Any], report: UpgradeReport) -> bytes:
     metadata = out.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("total_size"), int):
         metadata["total_size"] += sum(k.after.nbytes - k.before.nbytes for k in report.changes)
-    return (json.dumps(out, indent=2) + "\n").encode()
+    return _dump(out)
+
+
+def _part_index(
+    source: Path,
+    index: dict[str, Any],
+    weight_map: dict[str, str],
+    report: UpgradeReport,
+    access: _MultiAccess,
+    part: Part,
+) -> bytes:
+    """The index of one part: the weight_map entries of its shards, ``total_size`` the
+    bytes of their (upgraded) tensors, and :data:`PART_KEY` saying which shards of the
+    whole checkpoint (and of which source index) it holds."""
+    out = json.loads(json.dumps(index))
+    chosen = set(part.selected)
+    out["weight_map"] = {k: name for k, name in weight_map.items() if name in chosen}
+    after = {k.key: k.after for k in report.changes}
+    total = sum(after[k].nbytes if k in after else access.spec(k).nbytes for k in out["weight_map"])
+    if not isinstance(out.get("metadata"), dict):
+        out["metadata"] = {}
+    out["metadata"]["total_size"] = total
+    out["metadata"][PART_KEY] = {
+        "shards": list(part.selected),
+        "of": part.of,
+        "patterns": list(part.patterns),
+        "source_index": source.name,
+        "source_index_sha256": commit.sha256(source),
+    }
+    return _dump(out)
 
 
 def convert(req: Request, source: Source, dst: Path | None) -> Result:
     index, weight_map = read_index(source.path)
+    names = tuple(dict.fromkeys(weight_map.values()))
+    part_of = None  # the shards to convert, if not all
+    skipped: tuple[str, ...] = ()
+    if req.only_shards:
+        part_of, skipped = select_shards(source.path, names, req.only_shards)
     shards = open_shards(source.path, weight_map, req.trust_pickle, req.classes)
     try:
         owner = {key: shards[name] for key, name in weight_map.items()}
+        chosen = shards if part_of is None else {n: shards[n] for n in part_of}
         # safetensors shards check float weights as they are written (write_job)
         all_st = all(s.st is not None for s in shards.values())
-        access = _DeferredMulti(owner) if all_st and not req.dry_run else _MultiAccess(owner)
+        access = _DeferredMulti(owner) if all_st and not req.dry_run else _checking(owner, part_of)
+        # planned from the whole index: a layer's tensors may lie in several shards
         report = plan_state_dict(list(weight_map), access, req.output_dtypes)
-        result = Result(source.path, dst, "sharded", "", [("", report)])
+        part = None
+        if part_of is not None:
+            part = Part(req.only_shards, part_of, skipped, len(report.groups))
+            report = report.restricted({k for s in chosen.values() for k in s.keys()})
+        result = Result(source.path, dst, "sharded", "", [("", report)], part=part)
         if req.dry_run:
             result.status = "would-convert" if report.changed else "up-to-date"
             return result
         assert dst is not None
         changed_keys = {k.key for k in report.changes}
-        to_rewrite = [s for s in shards.values() if changed_keys & set(s.keys())]
-        total = sum(s.path.stat().st_size for s in shards.values())
+        to_rewrite = [s for s in chosen.values() if changed_keys & set(s.keys())]
+        total = sum(s.path.stat().st_size for s in chosen.values())
         progress = request.progress_for(req, 2 * total)
         try:
             if req.in_place:
@@ -306,11 +397,18 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
                     result.status = "current"
                     return result
                 return _in_place(req, source, index, report, to_rewrite, progress, result)
-            return _to_dir(req, source, index, report, shards, to_rewrite, dst, progress, result)
+            new_index = (
+                _new_index(index, report)
+                if part is None
+                else _part_index(source.path, index, weight_map, report, access, part)
+            )
+            return _to_dir(
+                req, source, new_index, report, chosen, to_rewrite, dst, progress, result
+            )
         except (CheckpointError, NotInt8Error):
             # a float weight found not to hold int8 values while writing: re-plan with
             # every value read, which raises the full list of problems (as a dry run)
-            plan_state_dict(list(weight_map), _MultiAccess(owner), req.output_dtypes)
+            plan_state_dict(list(weight_map), _checking(owner, part_of), req.output_dtypes)
             raise
         finally:
             progress.close()
@@ -356,7 +454,7 @@ def _in_place(
 def _to_dir(
     req: Request,
     source: Source,
-    index: dict[str, Any],
+    new_index: bytes,
     report: UpgradeReport,
     shards: dict[str, _Shard],
     to_rewrite: list[_Shard],
@@ -378,7 +476,7 @@ def _to_dir(
                 with commit.writing(target) as tmp:
                     commit.copy_verified(shard.path, tmp, progress)
                     tmp.commit()
-        (staging / source.path.name).write_bytes(_new_index(index, report))
+        (staging / source.path.name).write_bytes(new_index)
         with open(staging / source.path.name, "rb+") as f:
             os.fsync(f.fileno())
         atomic.fsync_dir(staging)
