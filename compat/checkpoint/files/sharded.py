@@ -290,7 +290,9 @@ def _write_shards(
             raise UsageError("--class needs --jobs 1 (classes are not passed to workers)")
         context = _worker_context()
         progress.phase(f"{jobs} jobs")
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_single_threaded
+        ) as pool:
             futures = {
                 pool.submit(
                     _shard_worker,
@@ -319,6 +321,12 @@ def _write_shards(
         for t in temps:
             t.discard()
         raise
+
+
+def _single_threaded() -> None:
+    """Worker initializer: one torch thread per worker (the processes are the parallelism;
+    torch's default of one thread per core in every worker oversubscribes the cores)."""
+    torch.set_num_threads(1)
 
 
 def _dump(index: dict[str, Any]) -> bytes:
