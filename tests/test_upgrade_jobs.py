@@ -136,3 +136,49 @@ def test_a_failing_worker_removes_every_temporary(tmp_path: Path) -> None:
             if shard.st is not None:
                 shard.st.close()
     assert list(out.iterdir()) == []  # the other shards' temporaries are gone too
+
+
+_AFTER_PARALLEL_WORK = """
+import sys, torch
+from compat.checkpoint.files import sharded
+from compat.cli import main
+x = torch.randn(1500, 1500)
+(x @ x).sum()  # starts torch's intra-op thread pool in this process
+print(sharded._worker_context().get_start_method())
+sys.exit(main(["upgrade", sys.argv[1], sys.argv[2], "--jobs", "2", "-q"]))
+"""
+
+
+def test_forked_workers_after_multithreaded_torch_work(tmp_path: Path) -> None:
+    """Workers are forked on Linux from a process with one Python thread; a forked child
+    of a process that used torch's OpenMP pool must not hang (it runs single-threaded)."""
+    import subprocess
+    import sys
+
+    src = _sharded(tmp_path / "src")
+    assert cli(["upgrade", str(src), str(tmp_path / "one"), "--jobs", "1", "-q"]) == 0
+    run = subprocess.run(
+        [sys.executable, "-c", _AFTER_PARALLEL_WORK, str(src), str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr
+    expected = "fork" if sys.platform == "linux" else "spawn"
+    assert run.stdout.split()[0] == expected
+    assert _digests(tmp_path / "two") == _digests(tmp_path / "one")
+
+
+def test_workers_are_spawned_while_another_thread_runs() -> None:
+    import threading
+
+    from compat.checkpoint.files import sharded
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert sharded._worker_context().get_start_method() == "spawn"
+    finally:
+        stop.set()
+        thread.join()

@@ -18,6 +18,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
+import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,9 +260,18 @@ _WORKER_BYTES = 2**30  # default --jobs: one worker per GiB of shards to rewrite
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
-    """Fresh interpreters: forking a process that has imported torch (directly, or via a
-    fork server preloading it) deadlocked workers here, so each worker imports compat
-    itself, at about 1-2 s per worker."""
+    """Forked workers where that is safe, fresh interpreters elsewhere.
+
+    A fork costs milliseconds; a spawned worker imports torch and compat again (2-3 s,
+    longer than converting a 256 MiB shard). Forking is used on Linux when this process
+    runs no other Python thread (a thread holding a lock at the fork would leave it held
+    in the child). torch's OpenMP pool is the other hazard: a forked child that runs a
+    multi-threaded op after the parent used the pool hangs; :func:`_single_threaded`,
+    the workers' initializer, sets one thread before any op runs in the child, which
+    avoids it (a hang reproduced here without it; tests/test_upgrade_jobs.py converts in
+    forked workers after a multi-threaded matmul in the parent)."""
+    if sys.platform == "linux" and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 
 
@@ -325,7 +336,8 @@ def _write_shards(
 
 def _single_threaded() -> None:
     """Worker initializer: one torch thread per worker (the processes are the parallelism;
-    torch's default of one thread per core in every worker oversubscribes the cores)."""
+    torch's default of one thread per core in every worker oversubscribes the cores, and
+    in a forked worker a multi-threaded op can hang on the parent's OpenMP pool)."""
     torch.set_num_threads(1)
 
 
