@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -152,9 +155,6 @@ sys.exit(main(["upgrade", sys.argv[1], sys.argv[2], "--jobs", "2", "-q"]))
 def test_forked_workers_after_multithreaded_torch_work(tmp_path: Path) -> None:
     """Workers are forked on Linux from a process with one Python thread; a forked child
     of a process that used torch's OpenMP pool must not hang (it runs single-threaded)."""
-    import subprocess
-    import sys
-
     src = _sharded(tmp_path / "src")
     assert cli(["upgrade", str(src), str(tmp_path / "one"), "--jobs", "1", "-q"]) == 0
     run = subprocess.run(
@@ -170,8 +170,6 @@ def test_forked_workers_after_multithreaded_torch_work(tmp_path: Path) -> None:
 
 
 def test_workers_are_spawned_while_another_thread_runs() -> None:
-    import threading
-
     from compat.checkpoint.files import sharded
 
     stop = threading.Event()
