@@ -354,3 +354,30 @@ def test_sigkill_leaves_dst_old_or_absent(tmp_path: Path) -> None:
         if not dst.exists():
             assert cli(["upgrade", str(src), str(dst), "-q"]) == 0
     assert not [p for p in tmp_path.iterdir() if "compat-tmp" in p.name]
+
+
+def test_torch_distributed_checkpoint_is_imported_only_for_a_dcp_source(tmp_path: Path) -> None:
+    """It takes about a second to import; a command on another format must not pay it."""
+    _save(_legacy_layers(), tmp_path / "src")
+    torch.save(_legacy_layers(), tmp_path / "legacy.pt")
+    probe = (
+        "import sys\n"
+        "from compat.cli import main\n"
+        "loaded = lambda: 'dcp-loaded=%s' % ('torch.distributed.checkpoint' in sys.modules)\n"
+        "assert main(['upgrade', sys.argv[1], sys.argv[2], '-q']) == 0\n"
+        "print(loaded())\n"
+        "assert main(['upgrade', sys.argv[3], sys.argv[4], '-q']) == 0\n"
+        "print(loaded())\n"
+    )
+    args = [tmp_path / "legacy.pt", tmp_path / "out.pt", tmp_path / "src", tmp_path / "dst"]
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    flags = [line for line in out.stdout.split() if line.startswith("dcp-loaded=")]
+    assert flags == ["dcp-loaded=False", "dcp-loaded=True"]
+    assert (tmp_path / "dst" / ".metadata").is_file()

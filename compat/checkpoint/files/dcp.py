@@ -27,20 +27,9 @@ import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo
-from torch.distributed.checkpoint.metadata import (
-    BytesStorageMetadata,
-    ChunkStorageMetadata,
-    Metadata,
-    MetadataIndex,
-    StorageMeta,
-    TensorProperties,
-    TensorStorageMetadata,
-)
-from torch.distributed.checkpoint.state_dict_loader import load as load_state_dict
 
 from compat.checkpoint import atomic, commit, files, request
 from compat.checkpoint.files import safetensors_file, torchfile
@@ -53,6 +42,13 @@ from compat.checkpoint.upgrade import (
 )
 from compat.formats.errors import CheckpointError
 from compat.formats.rules import CHUNK_ELEMENTS, KEEP, KeyChange, Spec, transform_chunk
+
+if TYPE_CHECKING:  # imported where used: torch.distributed.checkpoint takes ~1 s to import
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        Metadata,
+        TensorStorageMetadata,
+    )
 
 METADATA = ".metadata"
 #: ``--to`` choices for a DCP source
@@ -118,6 +114,8 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_metadata(path: Path) -> Metadata:
     """The DCP metadata, with every file it names checked to exist and be long enough."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
     meta_file = path / METADATA
     if not meta_file.is_file():
         found = ", ".join(sorted(p.name for p in path.glob("*.distcp"))[:3]) or "no .distcp"
@@ -159,6 +157,12 @@ class _Reader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        from torch.distributed.checkpoint.filesystem import FileSystemReader
+        from torch.distributed.checkpoint.metadata import (
+            BytesStorageMetadata,
+            TensorStorageMetadata,
+        )
+
         self.metadata = read_metadata(path)
         entries = self.metadata.state_dict_metadata
         self.tensor_keys = [k for k, v in entries.items() if isinstance(v, TensorStorageMetadata)]
@@ -167,14 +171,22 @@ class _Reader:
         self._cache: dict[str, torch.Tensor] = {}  # the last tensor read (its chunks)
 
     def spec(self, key: str) -> Spec:
+        entry = self._tensor_entry(key)
+        return Spec(entry.properties.dtype, tuple(entry.size))
+
+    def _tensor_entry(self, key: str) -> TensorStorageMetadata:
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
         entry = self.metadata.state_dict_metadata[key]
         assert isinstance(entry, TensorStorageMetadata)
-        return Spec(entry.properties.dtype, tuple(entry.size))
+        return entry
 
     def tensor(self, key: str) -> torch.Tensor:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
+        from torch.distributed.checkpoint.state_dict_loader import load as load_state_dict
+
         self._cache = {}  # release the previous tensor before reading the next
         try:
             out = self._read_direct(key)
@@ -197,8 +209,9 @@ class _Reader:
         """Read a tensor's chunks straight from their file ranges, each loaded once with
         ``weights_only=True`` (DCP's reader copies every item's bytes first, which
         triples the peak memory of a large tensor). None if an item is transformed."""
-        entry = self.metadata.state_dict_metadata[key]
-        assert isinstance(entry, TensorStorageMetadata)
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
+        entry = self._tensor_entry(key)
         storage = self.metadata.storage_data or {}
         pieces = []
         for chunk in entry.chunks:
@@ -246,6 +259,8 @@ class _Reader:
 
     def objects(self) -> dict[str, Any]:
         """The non-tensor entries (step counters, configs), loaded with weights only."""
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
         storage = self.metadata.storage_data or {}
         out: dict[str, Any] = {}
         for key in self.object_keys:
@@ -314,6 +329,17 @@ def _write_dcp(reader: _Reader, report: UpgradeReport, out_dir: Path, progress: 
     """A DCP directory as ``dcp.save`` writes it (one ``torch.save`` item per file, then
     the pickled ``.metadata``), one tensor in memory at a time: ``dcp.save`` itself keeps
     every tensor it wrote alive until it finishes."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        StorageMeta,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
     changes = _change_of(report)
     entries: dict[str, TensorStorageMetadata | BytesStorageMetadata] = {}
     storage: dict[MetadataIndex, _StorageInfo] = {}
