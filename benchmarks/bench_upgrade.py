@@ -23,7 +23,10 @@ and for safetensors peak RSS against the largest tensor. Targets (issue 4): time
 
 Cases: F4 torch (float32 weights holding int8 values -> int8: 3/4 of the bytes shrink),
 F2 torch (int8 weights kept, torchair int64 scales decoded for bfloat16 output: almost
-every byte unchanged, the worst case for the ratio), F4 safetensors. Free disk space is
+every byte unchanged, the worst case for the ratio), F4 safetensors, and (issue 14) F4 and
+F2 as ``torch.distributed.checkpoint`` directories (baseline: ``dcp.load`` into
+preallocated tensors + ``dcp.save``; target: peak RSS <= the largest tensor + 10 %, net of
+the interpreter). Free disk space is
 checked before anything is written (about 3.5x the size is needed at the peak) and
 every file is deleted afterwards.
 """
@@ -63,6 +66,17 @@ _BASELINE_ST = (
 )
 
 
+_BASELINE_DCP = (
+    "import sys, warnings, torch; import torch.distributed.checkpoint as dcp; "
+    "warnings.simplefilter('ignore'); "
+    "from torch.distributed.checkpoint.filesystem import FileSystemReader; "
+    "meta = FileSystemReader(sys.argv[1]).read_metadata(); "
+    "sd = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) "
+    "for k, v in meta.state_dict_metadata.items()}; "
+    "dcp.load(sd, checkpoint_id=sys.argv[1]); dcp.save(sd, checkpoint_id=sys.argv[2])"
+)
+
+
 def measure(cmd: list[str]) -> dict[str, Any]:
     """Run ``cmd`` under a fresh wrapper; its wall time and peak RSS."""
     out = subprocess.run(
@@ -82,7 +96,35 @@ def _layers(total_bytes: int, per_layer_bytes: int) -> int:
     return max(1, -(-total_bytes // per_layer_bytes))
 
 
-def make_f4(path: Path, size: int, *, safetensors: bool) -> int:
+def _save_as(sd: dict[str, torch.Tensor], path: Path, form: str) -> None:
+    if form == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path))
+    elif form == "dcp":
+        import warnings
+
+        import torch.distributed.checkpoint as dcp
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+            dcp.save(sd, checkpoint_id=str(path))
+    else:
+        torch.save(sd, path)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def make_f4(path: Path, size: int, *, form: str) -> int:
     """Float32 weights holding int8 values (a plain load into upstream's parameters)."""
     n = k = 8192  # 256 MiB float32 per weight
     g = torch.Generator().manual_seed(0)
@@ -93,16 +135,11 @@ def make_f4(path: Path, size: int, *, safetensors: bool) -> int:
         ).float()
         sd[f"layers.{i}.scale"] = torch.rand(n, generator=g) * 1e-3
         sd[f"layers.{i}.bias"] = torch.randint(-1000, 1000, (n,), dtype=torch.int32, generator=g)
-    if safetensors:
-        from safetensors.torch import save_file
-
-        save_file(sd, str(path))
-    else:
-        torch.save(sd, path)
+    _save_as(sd, path, form)
     return n * k * 4
 
 
-def make_f2(path: Path, size: int) -> int:
+def make_f2(path: Path, size: int, *, form: str) -> int:
     """torchair-converted: int8 weights, int64 scales (decoded for bfloat16 output)."""
     n = k = 8192  # 64 MiB int8 per weight
     g = torch.Generator().manual_seed(1)
@@ -112,14 +149,14 @@ def make_f2(path: Path, size: int) -> int:
         bits = (torch.rand(n, generator=g) * 1e-3).view(torch.int32).to(torch.int64) & 0xFFFFE000
         sd[f"layers.{i}.scale"] = bits | (1 << 46)
         sd[f"layers.{i}.bias"] = torch.randint(-1000, 1000, (n,), dtype=torch.int32, generator=g)
-    torch.save(sd, path)
+    _save_as(sd, path, form)
     return n * k
 
 
 def run_case(
     name: str, src: Path, largest: int, extra: list[str], repeat: int, idle: int
 ) -> dict[str, Any]:
-    size = src.stat().st_size
+    size = _size(src)
     base_out, dst = (
         src.with_name("baseline_out" + src.suffix),
         src.with_name("upgraded" + src.suffix),
@@ -135,13 +172,13 @@ def run_case(
         "never",
         *extra,
     ]
-    code = _BASELINE_ST if src.suffix == ".safetensors" else _BASELINE
+    code = {".safetensors": _BASELINE_ST, ".dcp": _BASELINE_DCP}.get(src.suffix, _BASELINE)
     baseline = [sys.executable, "-c", code, str(src), str(base_out)]
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "upgrade": []}
     for _ in range(repeat):
         for label, cmd, out in (("baseline", baseline, base_out), ("upgrade", upgrade, dst)):
             runs[label].append(measure(cmd))
-            out.unlink()
+            _remove(out)
     t_base = statistics.median(r["wall"] for r in runs["baseline"])
     t_up = statistics.median(r["wall"] for r in runs["upgrade"])
     peak = max(r["peak"] for r in runs["upgrade"])
@@ -177,7 +214,9 @@ def main() -> int:
         "--dir", type=Path, default=None, help="where to write (default: a temp dir)"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--cases", default="f4-torch,f2-torch,f4-safetensors")
+    parser.add_argument(
+        "--cases", default="f4-torch,f2-torch,f4-safetensors,f4-dcp,f2-dcp", help="comma-separated"
+    )
     args = parser.parse_args()
     size = int(args.size_gb * GIB)
     if size < GIB:
@@ -191,23 +230,31 @@ def main() -> int:
         raise SystemExit(f"not enough free disk in {base}: {free / GIB:.1f} GiB, need {need:.1f}")
     imports = "import torch, compat.checkpoint.converter, compat.cli.upgrade, safetensors.torch"
     idle = measure([sys.executable, "-c", imports])["peak"]
+    # a DCP conversion also imports torch.distributed.checkpoint (only then)
+    dcp_imports = imports + ", torch.distributed.checkpoint"
+    idle_dcp = measure([sys.executable, "-c", dcp_imports])["peak"]
     results = []
     work = Path(tempfile.mkdtemp(prefix="bench_upgrade_", dir=base))
     try:
         for case in args.cases.split(","):
-            src = work / ("legacy.safetensors" if case.endswith("safetensors") else "legacy.pt")
-            if case == "f2-torch":
-                largest, extra = make_f2(src, size), ["--output-dtype", "bfloat16"]
+            layout, form = case.split("-", 1)
+            src = work / {"safetensors": "legacy.safetensors", "dcp": "legacy.dcp"}.get(
+                form, "legacy.pt"
+            )
+            if layout == "f2":
+                largest, extra = make_f2(src, size, form=form), ["--output-dtype", "bfloat16"]
             else:
-                largest, extra = make_f4(src, size, safetensors=case.endswith("safetensors")), []
-            results.append(run_case(case, src, largest, extra, args.repeat, idle))
-            src.unlink()
+                largest, extra = make_f4(src, size, form=form), []
+            own = idle_dcp if form == "dcp" else idle
+            results.append(run_case(case, src, largest, extra, args.repeat, own))
+            _remove(src)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "interpreter_rss": idle,
+        "interpreter_rss_dcp": idle_dcp,
         "results": results,
     }
     if args.json:
@@ -215,7 +262,10 @@ def main() -> int:
         return 0
     mib = 2**20
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs")
-    print(f"python + torch + compat, idle: {idle / mib:.0f} MiB RSS")
+    print(
+        f"python + torch + compat, idle: {idle / mib:.0f} MiB RSS "
+        f"({idle_dcp / mib:.0f} MiB with torch.distributed.checkpoint, the dcp cases' net)"
+    )
     columns = (
         "case",
         "file MiB",

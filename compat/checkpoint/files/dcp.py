@@ -3,9 +3,12 @@ files written by one or many ranks.
 
 Read in a single process, no process group: the metadata first (names, dtypes, shapes,
 read with a restricted unpickler, see below), the upgrade is planned from it alone, then
-tensors are loaded one at a time. A DCP destination is written by ``dcp.save`` with a
-planner that loads (and transforms) each tensor only when the writer asks for it, so peak
-memory is about the largest tensor, not the checkpoint.
+tensors are read one at a time. An item that is one plain tensor (what ``dcp.save``
+writes for a contiguous tensor: an uncompressed ``torch.save`` zip) is read in chunks
+straight from its bytes (:func:`torchfile.stored_tensor`), any other with ``torch.load``.
+A DCP destination is written item by item in ``dcp.save``'s layout: an unchanged item's
+bytes are copied, a transformed tensor is built chunk by chunk, and verification compares
+source and output chunk by chunk, so peak memory stays below the largest tensor.
 
 ``.metadata`` is a pickle; it is read with an unpickler that allows only DCP's metadata
 classes, and every item is loaded with ``weights_only=True``: nothing from the directory
@@ -27,7 +30,7 @@ import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -156,19 +159,21 @@ class _Reader:
     """Tensors of a DCP directory, loaded one at a time (an :class:`Access`)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         from torch.distributed.checkpoint.filesystem import FileSystemReader
         from torch.distributed.checkpoint.metadata import (
             BytesStorageMetadata,
             TensorStorageMetadata,
         )
 
+        self.path = path
         self.metadata = read_metadata(path)
         entries = self.metadata.state_dict_metadata
         self.tensor_keys = [k for k, v in entries.items() if isinstance(v, TensorStorageMetadata)]
         self.object_keys = [k for k, v in entries.items() if isinstance(v, BytesStorageMetadata)]
         self._reader = FileSystemReader(str(path))
         self._cache: dict[str, torch.Tensor] = {}  # the last tensor read (its chunks)
+        # where each plain item's bytes lie (or None: torch.load reads it), by file, offset
+        self._stored: dict[tuple[str, int], torchfile.StoredTensor | None] = {}
 
     def spec(self, key: str) -> Spec:
         entry = self._tensor_entry(key)
@@ -206,15 +211,49 @@ class _Reader:
         return out
 
     def _read_direct(self, key: str) -> torch.Tensor | None:
-        """Read a tensor's chunks straight from their file ranges, each loaded once with
-        ``weights_only=True`` (DCP's reader copies every item's bytes first, which
-        triples the peak memory of a large tensor). None if an item is transformed."""
+        """Read a tensor's chunks straight from their file ranges: a plain item's bytes
+        into the result itself, any other item loaded once with ``weights_only=True``
+        (DCP's reader copies every item's bytes first, which triples the peak memory of
+        a large tensor). None if an item is transformed."""
+        entry = self._tensor_entry(key)
+        pieces = self._pieces(key)
+        if pieces is None:
+            return None
+        spec = Spec(entry.properties.dtype, tuple(entry.size))
+        if len(pieces) == 1 and tuple(pieces[0][0].sizes) == spec.shape:
+            if self._stored_item(pieces[0][1], spec) is None:
+                whole: torch.Tensor = self._load_item(key, pieces[0][1])
+                return whole
+        out = torch.empty(spec.shape, dtype=spec.dtype)
+        for chunk, info in pieces:
+            view = out
+            for dim, (start, length) in enumerate(zip(chunk.offsets, chunk.sizes, strict=True)):
+                view = view.narrow(dim, start, length)
+            stored = self._stored_item(info, Spec(view.dtype, tuple(view.shape)))
+            if stored is not None and view.is_contiguous():
+                self._read_bytes(key, info, stored.start, safetensors_file.as_bytes(view))
+            else:
+                view.copy_(self._load_item(key, info))
+        return out
+
+    def item_span(self, key: str) -> tuple[str, int, int] | None:
+        """(file name, offset, length) of the one untransformed item that holds the whole
+        tensor, or None."""
+        pieces = self._pieces(key)
+        if pieces is None or len(pieces) != 1:
+            return None
+        chunk, info = pieces[0]
+        if tuple(chunk.sizes) != self.spec(key).shape or any(chunk.offsets):
+            return None
+        return str(info.relative_path), int(info.offset), int(info.length)
+
+    def _pieces(self, key: str) -> list[tuple[Any, Any]] | None:
+        """(chunk, storage info) of every piece of a tensor; None if one is transformed."""
         from torch.distributed.checkpoint.metadata import MetadataIndex
 
-        entry = self._tensor_entry(key)
         storage = self.metadata.storage_data or {}
         pieces = []
-        for chunk in entry.chunks:
+        for chunk in self._tensor_entry(key).chunks:
             info = storage.get(MetadataIndex(key, chunk.offsets))
             if info is None:
                 raise CheckpointError(
@@ -223,16 +262,35 @@ class _Reader:
             if getattr(info, "transform_descriptors", None):
                 return None
             pieces.append((chunk, info))
-        if len(pieces) == 1 and tuple(pieces[0][0].sizes) == tuple(entry.size):
-            whole: torch.Tensor = self._load_item(key, pieces[0][1])
-            return whole
-        out = torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
-        for chunk, info in pieces:
-            view = out
-            for dim, (start, length) in enumerate(zip(chunk.offsets, chunk.sizes, strict=True)):
-                view = view.narrow(dim, start, length)
-            view.copy_(self._load_item(key, info))
-        return out
+        return pieces
+
+    def _stored_item(self, info: Any, spec: Spec) -> torchfile.StoredTensor | None:
+        """Where a plain item of ``spec``'s dtype and shape lies in its file (offsets from
+        the file's start), or None."""
+        where = (str(info.relative_path), int(info.offset))
+        if where not in self._stored:
+            with open(self.path / where[0], "rb") as f:
+                found = torchfile.stored_tensor(_Window(f, where[1], int(info.length)))
+            fits = found is not None and found.start + found.nbytes <= int(info.length)
+            self._stored[where] = (
+                torchfile.StoredTensor(where[1] + found.start, found.dtype, found.shape)
+                if found is not None and fits
+                else None
+            )
+        stored = self._stored[where]
+        if stored is None or stored.dtype != spec.dtype or stored.shape != spec.shape:
+            return None
+        return stored
+
+    def _read_bytes(self, key: str, info: Any, start: int, into: memoryview) -> None:
+        path = self.path / str(info.relative_path)
+        with open(path, "rb") as f:
+            f.seek(start)
+            got = f.readinto(into) if len(into) else 0
+        if got != len(into):
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is truncated (read {got} of {len(into)} bytes)"
+            )
 
     def _load_item(self, key: str, info: Any, *, tensor: bool = True) -> Any:
         path = self.path / str(info.relative_path)
@@ -250,9 +308,28 @@ class _Reader:
         return value
 
     def chunks(self, key: str) -> Iterator[torch.Tensor]:
-        flat = self.tensor(key).reshape(-1)
-        for start in range(0, flat.numel(), CHUNK_ELEMENTS):
-            yield flat[start : start + CHUNK_ELEMENTS]
+        """Flat chunks of ``CHUNK_ELEMENTS`` elements. A tensor stored as one plain item
+        is read piece by piece into one reused buffer (each chunk valid only until the
+        next is requested), so a large weight is never whole in memory; any other is
+        read whole, then sliced."""
+        spec = self.spec(key)
+        pieces = None if key in self._cache else self._pieces(key)
+        whole = pieces is not None and len(pieces) == 1
+        stored = None
+        if whole and pieces is not None:
+            stored = self._stored_item(pieces[0][1], spec)
+        if stored is None or pieces is None:
+            flat = self.tensor(key).reshape(-1)
+            for start in range(0, flat.numel(), CHUNK_ELEMENTS):
+                yield flat[start : start + CHUNK_ELEMENTS]
+            return
+        info, item = pieces[0][1], spec.dtype.itemsize
+        buf = torch.empty(min(CHUNK_ELEMENTS, spec.numel) * item, dtype=torch.uint8)
+        for start in range(0, spec.numel, CHUNK_ELEMENTS):
+            count = min(CHUNK_ELEMENTS, spec.numel - start)
+            raw = buf[: count * item]
+            self._read_bytes(key, info, stored.start + start * item, safetensors_file.as_bytes(raw))
+            yield raw.view(spec.dtype)
 
     def is_meta(self, key: str) -> bool:
         return False
@@ -308,20 +385,52 @@ def _change_of(report: UpgradeReport) -> dict[str, KeyChange]:
 
 
 def _upgraded(reader: _Reader, changes: dict[str, KeyChange], key: str) -> torch.Tensor:
-    """One tensor of the destination: the source's, transformed if the report says so."""
-    value = reader.tensor(key)
+    """One tensor of the destination: the source's, or its transformation built chunk by
+    chunk (the source is then never whole in memory)."""
     change = changes.get(key)
     if change is None or change.action == KEEP:
-        return value
-    return transform_chunk(change.action, value.reshape(-1)).reshape(change.after.shape)
+        return reader.tensor(key)
+    out = torch.empty(change.after.numel, dtype=change.after.dtype)
+    start = 0
+    for piece in _upgraded_chunks(reader, changes, key):
+        out[start : start + piece.numel()].copy_(piece)
+        start += piece.numel()
+    return out.reshape(change.after.shape)
+
+
+def _upgraded_chunks(
+    reader: _Reader, changes: dict[str, KeyChange], key: str
+) -> Iterator[torch.Tensor]:
+    """The destination tensor as flat chunks (each valid until the next is requested)."""
+    change = changes.get(key)
+    for piece in reader.chunks(key):
+        yield piece if change is None else transform_chunk(change.action, piece)
+
+
+def _target_specs_of(reader: _Reader, changes: dict[str, KeyChange], key: str) -> Spec:
+    return changes[key].after if key in changes else reader.spec(key)
 
 
 def _target_specs(reader: _Reader, report: UpgradeReport) -> dict[str, Spec]:
     changes = _change_of(report)
-    return {
-        key: changes[key].after if key in changes else reader.spec(key)
-        for key in reader.tensor_keys
-    }
+    return {key: _target_specs_of(reader, changes, key) for key in reader.tensor_keys}
+
+
+def _copy_range(path: Path, start: int, length: int, out: IO[bytes]) -> None:
+    """``length`` bytes of ``path`` from ``start`` into ``out``, through one small buffer."""
+    buf = bytearray(min(safetensors_file.COPY_CHUNK, length))
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = length
+        while left:
+            got = f.readinto(view[: min(len(buf), left)])
+            if not got:
+                raise CheckpointError(
+                    f"{path}: truncated while copying bytes {start}-{start + length}"
+                )
+            out.write(view[:got])
+            left -= got
 
 
 # --------------------------------------------------------------------------- writers
@@ -355,16 +464,23 @@ def _write_dcp(reader: _Reader, report: UpgradeReport, out_dir: Path, progress: 
                 entries[key] = BytesStorageMetadata()
                 index = MetadataIndex(key)
             else:
-                value = _upgraded(reader, changes, key).contiguous()
-                torch.save(value, f)
-                size = torch.Size(value.shape)
-                chunk = ChunkStorageMetadata(offsets=torch.Size([0] * value.dim()), sizes=size)
+                spec = _target_specs_of(reader, changes, key)
+                change = changes.get(key)
+                unchanged = change is None or change.action == KEEP
+                span = reader.item_span(key) if unchanged else None
+                if span is not None:  # unchanged, one item: its bytes, copied verbatim
+                    _copy_range(reader.path / span[0], span[1], span[2], f)
+                else:
+                    value = _upgraded(reader, changes, key).contiguous()
+                    torch.save(value, f)
+                    del value
+                size = torch.Size(spec.shape)
+                chunk = ChunkStorageMetadata(offsets=torch.Size([0] * len(size)), sizes=size)
                 entries[key] = TensorStorageMetadata(
-                    TensorProperties(dtype=value.dtype), size, [chunk]
+                    TensorProperties(dtype=spec.dtype), size, [chunk]
                 )
                 index = MetadataIndex(key, chunk.offsets)
-                progress.advance(value.numel() * value.element_size())
-                del value
+                progress.advance(spec.nbytes)
             length = f.tell()
             f.flush()
             os.fsync(f.fileno())
@@ -401,9 +517,7 @@ def _write_safetensors(
     specs = _target_specs(reader, report)
 
     def produce(key: str) -> Iterator[torch.Tensor]:
-        value = _upgraded(reader, changes, key).contiguous().reshape(-1)
-        for start in range(0, value.numel(), CHUNK_ELEMENTS):
-            yield value[start : start + CHUNK_ELEMENTS]
+        return _upgraded_chunks(reader, changes, key)
 
     with open(path, "wb") as f:
         safetensors_file.write(f, [(k, specs[k]) for k in keys], None, produce, progress.advance)
@@ -442,31 +556,40 @@ def _write_sharded(
 
 # --------------------------------------------------------------------------- verification
 class _Tensors(Protocol):
-    def tensor(self, key: str) -> torch.Tensor: ...
+    def spec(self, key: str) -> Spec: ...
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]: ...
 
 
 def _verify(
     reader: _Reader, report: UpgradeReport, written: _Tensors, keys: list[str], progress: Progress
 ) -> None:
-    """Every tensor of the output against the source: bit-identical, or the documented
-    transformation of its source for the keys the report lists."""
+    """Every tensor of the output against the source, chunk by chunk (neither is whole in
+    memory): bit-identical, or the documented transformation of its source for the keys
+    the report lists."""
     changes = _change_of(report)
     for key in keys:
-        source = reader.tensor(key)
-        got = written.tensor(key)
         change = changes.get(key)
-        if change is None or change.action == KEEP:
-            ok = got.dtype == source.dtype and got.shape == source.shape and _same_bits(got, source)
-        else:
-            ok = torchfile.documented_transformation_holds(change.action, source, got)
+        action = KEEP if change is None else change.action
+        want = reader.spec(key) if change is None else change.after
+        got = written.spec(key)
+        ok = got == want
+        if ok:
+            pairs = zip(reader.chunks(key), written.chunks(key), strict=True)
+            if action == KEEP:
+                ok = all(_same_bits(a, b) for a, b in pairs)
+            else:
+                ok = all(torchfile.documented_transformation_holds(action, a, b) for a, b in pairs)
         if not ok:
             raise CheckpointError(
                 f"verification failed: {key!r} in the output differs from the source"
             )
-        progress.advance(got.numel() * got.element_size())
+        progress.advance(got.nbytes)
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
     view = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
     return bool(torch.equal(a.contiguous().view(view), b.contiguous().view(view)))
 
@@ -479,11 +602,17 @@ class _Loaded:
         self._owner = {key: f for f in handles for key in f.entries}
         self.handles = handles
 
-    def tensor(self, key: str) -> torch.Tensor:
+    def spec(self, key: str) -> Spec:
         if key in self._owner:
-            return self._owner[key].tensor(key)
-        value: torch.Tensor = self._state[key]
-        return value
+            return self._owner[key].spec(key)
+        value = self._state[key]
+        return Spec(value.dtype, tuple(value.shape))
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]:
+        if key in self._owner:
+            return self._owner[key].chunks(key)
+        flat = self._state[key].reshape(-1)
+        return (flat[i : i + CHUNK_ELEMENTS] for i in range(0, flat.numel(), CHUNK_ELEMENTS))
 
     def close(self) -> None:
         for handle in self.handles:

@@ -267,7 +267,7 @@ def _memory(data: torch.Tensor) -> memoryview:
 
 def as_bytes(tensor: torch.Tensor) -> memoryview:
     """The bytes of a CPU tensor (made contiguous first), without a copy when contiguous."""
-    return _memory(tensor.contiguous().view(torch.uint8).reshape(-1))
+    return _memory(tensor.contiguous().reshape(-1).view(torch.uint8))  # 0-d: one element
 
 
 def header_bytes(entries: list[tuple[str, Spec]], metadata: dict[str, str] | None) -> bytes:

@@ -3,8 +3,11 @@ verification with bounded memory, and conversion."""
 
 from __future__ import annotations
 
+import collections
 import inspect
+import io
 import pickle
+import struct
 import sys
 import threading
 import warnings
@@ -12,7 +15,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -162,6 +165,136 @@ def check_zip_crc(path: Path, progress: Progress | None = None) -> None:
                             progress.advance(len(chunk))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt torch file ({err}); it was not converted") from None
+
+
+# --------------------------------------------------------------------------- one stored tensor
+@dataclass(frozen=True)
+class StoredTensor:
+    """A ``torch.save``'d tensor whose bytes lie contiguous, uncompressed and in this
+    machine's byte order in its zip: ``start`` counts from the beginning of the file
+    object that was read."""
+
+    start: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        count = self.dtype.itemsize
+        for d in self.shape:
+            count *= d
+        return count
+
+
+class _StorageType(NamedTuple):
+    dtype: torch.dtype
+
+
+class _StorageRef(NamedTuple):
+    dtype: torch.dtype
+    key: str
+    numel: int
+
+
+class _Rebuilt(NamedTuple):
+    storage: object
+    offset: object
+    size: object
+    stride: object
+
+
+class _NotPlain(Exception):
+    """The pickle holds more than one plain tensor."""
+
+
+def _rebuilt(storage: object, offset: object, size: object, stride: object, *_: object) -> Any:
+    return _Rebuilt(storage, offset, size, stride)
+
+
+class _TensorRecordUnpickler(pickle.Unpickler):
+    """Reads the ``data.pkl`` of ``torch.save(tensor)`` without building anything: only
+    the plain-tensor rebuild function, ``OrderedDict`` (its empty hooks) and torch's
+    storage classes may be named; anything else is :class:`_NotPlain`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuilt
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name.endswith("Storage") and name != "UntypedStorage":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "TypedStorage is deprecated"
+                dtype = getattr(getattr(torch, name, None), "dtype", None)
+            if isinstance(dtype, torch.dtype):
+                return _StorageType(dtype)
+        raise _NotPlain(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage":
+            if isinstance(pid[1], _StorageType) and isinstance(pid[4], int):
+                return _StorageRef(pid[1].dtype, str(pid[2]), pid[4])
+        raise _NotPlain("storage")
+
+
+def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for size, step in zip(reversed(shape), reversed(stride), strict=True):
+        if size != 1 and step != expected:
+            return False
+        expected *= size
+    return True
+
+
+def stored_tensor(f: IO[bytes] | io.RawIOBase) -> StoredTensor | None:
+    """Where the one tensor of a zip-format ``torch.save(tensor)`` lies in ``f`` (a
+    seekable binary file), so that it can be read in pieces straight from the file;
+    None when it is not such a file or its tensor is not plain (non-contiguous, a view
+    into a larger storage, compressed, another byte order, a subclass...): then
+    ``torch.load`` reads it. Nothing is unpickled but the record of the tensor."""
+    try:
+        with zipfile.ZipFile(f) as zf:
+            infos = {info.filename: info for info in zf.infolist()}
+            pickles = [name for name in infos if name.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                return None
+            prefix = pickles[0].removesuffix("data.pkl")
+            order = infos.get(prefix + "byteorder")
+            found = zf.read(order).decode() if order is not None else "little"
+            if found != sys.byteorder:
+                return None
+            rebuilt = _TensorRecordUnpickler(io.BytesIO(zf.read(pickles[0]))).load()
+    except (_NotPlain, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError):
+        return None
+    except (TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError):
+        return None  # a pickle of another shape: torch.load decides what it is
+    if not isinstance(rebuilt, _Rebuilt) or not isinstance(rebuilt.storage, _StorageRef):
+        return None
+    storage = rebuilt.storage
+    if not isinstance(rebuilt.size, tuple) or not isinstance(rebuilt.stride, tuple):
+        return None
+    shape, stride = tuple(int(d) for d in rebuilt.size), tuple(int(d) for d in rebuilt.stride)
+    numel = 1
+    for d in shape:
+        numel *= d
+    record = infos.get(f"{prefix}data/{storage.key}")
+    if (
+        rebuilt.offset != 0
+        or len(shape) != len(stride)
+        or not _is_contiguous(shape, stride)
+        or storage.numel != numel
+        or record is None
+        or record.compress_type != zipfile.ZIP_STORED
+        or record.file_size != numel * storage.dtype.itemsize
+    ):
+        return None
+    f.seek(record.header_offset)
+    header = f.read(30)  # the local file header: its name and extra field precede the data
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        return None
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return StoredTensor(
+        record.header_offset + 30 + name_length + extra_length, storage.dtype, shape
+    )
 
 
 # --------------------------------------------------------------------------- containers
