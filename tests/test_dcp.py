@@ -226,14 +226,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_checkpoint_written_by_two_ranks(tmp_path: Path) -> None:
-    src = tmp_path / "two"
-    script = tmp_path / "spawn.py"
-    script.write_text(SPAWN.format(tests=str(ROOT / "tests")))
+def _saved_by_two_ranks(template: str, src: Path) -> Path:
+    """Run ``template`` (a script saving to argv[1] from two gloo ranks); the directory."""
+    script = src.with_suffix(".py")
+    script.write_text(template.format(tests=str(ROOT / "tests")))
     env = {**os.environ, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "PYTHONWARNINGS": "ignore"}
     subprocess.run(
         [sys.executable, str(script), str(src), str(_free_port())], check=True, env=env, timeout=240
     )
+    return src
+
+
+def test_a_checkpoint_written_by_two_ranks(tmp_path: Path) -> None:
+    src = _saved_by_two_ranks(SPAWN, tmp_path / "two")
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= {p.name for p in src.iterdir()}
     assert cli(["upgrade", str(src), str(tmp_path / "out"), "-q"]) == 0
     state = compat.load_legacy(tmp_path / "out")
@@ -277,13 +282,7 @@ def test_tensors_sharded_across_two_ranks_are_reassembled(tmp_path: Path) -> Non
     its rows), int8 weights split by columns (pieces that are not contiguous in the whole
     tensor, read with torch.load), replicated scales and biases; converted to every
     target, the full tensors come back equal to the oracle's."""
-    src = tmp_path / "sharded"
-    script = tmp_path / "sharded.py"
-    script.write_text(SHARDED.format(tests=str(ROOT / "tests")))
-    env = {**os.environ, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0", "PYTHONWARNINGS": "ignore"}
-    subprocess.run(
-        [sys.executable, str(script), str(src), str(_free_port())], check=True, env=env, timeout=240
-    )
+    src = _saved_by_two_ranks(SHARDED, tmp_path / "sharded")
     meta = FileSystemReader(str(src)).read_metadata()
     assert len(meta.state_dict_metadata["b.weight"].chunks) == 2
     assert len(meta.state_dict_metadata["c.weight"].chunks) == 2
