@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 import compat
+from compat.checkpoint import workers
 from compat.cli import main as cli
 
 SHARDS = 4
@@ -143,11 +144,11 @@ def test_a_failing_worker_removes_every_temporary(tmp_path: Path) -> None:
 
 _AFTER_PARALLEL_WORK = """
 import sys, torch
-from compat.checkpoint.files import sharded
+from compat.checkpoint import workers
 from compat.cli import main
 x = torch.randn(1500, 1500)
 (x @ x).sum()  # starts torch's intra-op thread pool in this process
-print(sharded._worker_context().get_start_method())
+print(workers.context().get_start_method())
 sys.exit(main(["upgrade", sys.argv[1], sys.argv[2], "--jobs", "2", "-q"]))
 """
 
@@ -170,13 +171,11 @@ def test_forked_workers_after_multithreaded_torch_work(tmp_path: Path) -> None:
 
 
 def test_workers_are_spawned_while_another_thread_runs() -> None:
-    from compat.checkpoint.files import sharded
-
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        assert sharded._worker_context().get_start_method() == "spawn"
+        assert workers.context().get_start_method() == "spawn"
     finally:
         stop.set()
         thread.join()

@@ -15,11 +15,8 @@ from __future__ import annotations
 import concurrent.futures
 import fnmatch
 import json
-import multiprocessing
 import os
 import shutil
-import sys
-import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ from typing import Any
 
 import torch
 
-from compat.checkpoint import atomic, commit, files, request
+from compat.checkpoint import atomic, commit, files, request, workers
 from compat.checkpoint.files import safetensors_file, torchfile
 from compat.checkpoint.files.safetensors_file import SafetensorsFile
 from compat.checkpoint.files.torchfile import Location
@@ -256,25 +253,6 @@ def _shard_worker(
     return tmp.path
 
 
-_WORKER_BYTES = 2**30  # default --jobs: one worker per GiB of shards to rewrite, at most
-
-
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """Forked workers where that is safe, fresh interpreters elsewhere.
-
-    A fork costs milliseconds; a spawned worker imports torch and compat again (2-3 s,
-    longer than converting a 256 MiB shard). Forking is used on Linux when this process
-    runs no other Python thread (a thread holding a lock at the fork would leave it held
-    in the child). torch's OpenMP pool is the other hazard: a forked child that runs a
-    multi-threaded op after the parent used the pool hangs; :func:`_single_threaded`,
-    the workers' initializer, sets one thread before any op runs in the child, which
-    avoids it (a hang reproduced here without it; tests/test_upgrade_jobs.py converts in
-    forked workers after a multi-threaded matmul in the parent)."""
-    if sys.platform == "linux" and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
 def _write_shards(
     req: Request,
     shards: list[_Shard],
@@ -284,12 +262,7 @@ def _write_shards(
 ) -> list[atomic.TempFile]:
     """Write and verify the upgraded shards as temporaries (nothing committed), in
     ``req.jobs`` worker processes; on any failure every temporary is removed."""
-    sizes = [s.path.stat().st_size for s in shards]
-    if req.jobs is None:  # a worker costs an interpreter start: only for >= 1 GiB each
-        jobs = min(request.default_jobs(max(sizes, default=0)), sum(sizes) // _WORKER_BYTES)
-    else:
-        jobs = req.jobs
-    jobs = max(1, min(jobs, len(shards)))
+    jobs = workers.count(req.jobs, [s.path.stat().st_size for s in shards])
     temps: list[atomic.TempFile] = []
     try:
         if jobs <= 1:
@@ -299,11 +272,8 @@ def _write_shards(
             return temps
         if req.trust_pickle and req.classes:
             raise UsageError("--class needs --jobs 1 (classes are not passed to workers)")
-        context = _worker_context()
         progress.phase(f"{jobs} jobs")
-        with concurrent.futures.ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_single_threaded
-        ) as pool:
+        with workers.pool(jobs) as pool:
             futures = {
                 pool.submit(
                     _shard_worker,
@@ -332,13 +302,6 @@ def _write_shards(
         for t in temps:
             t.discard()
         raise
-
-
-def _single_threaded() -> None:
-    """Worker initializer: one torch thread per worker (the processes are the parallelism;
-    torch's default of one thread per core in every worker oversubscribes the cores, and
-    in a forked worker a multi-threaded op can hang on the parent's OpenMP pool)."""
-    torch.set_num_threads(1)
 
 
 def _dump(index: dict[str, Any]) -> bytes:
