@@ -1,6 +1,7 @@
 """Benchmark: ``python -m compat upgrade --jobs N`` on a >= 2 GB sharded checkpoint.
 
     python benchmarks/bench_upgrade_jobs.py [--size-gb 2.1] [--shards 8] [--repeat 2]
+        [--format sharded|dcp]
 
 Writes a Hugging Face sharded safetensors checkpoint (float32 weights holding int8 values,
 F4, and torchair int64 scales, F2), then measures in fresh subprocesses, alternating in the
@@ -9,7 +10,9 @@ same run: ``upgrade --jobs 1``, ``upgrade --jobs 2`` and ``cp -r`` of the same d
 jobs 2 / jobs 1 (target <= 0.65 on 2 cores) and jobs 2 / cp -r (target <= 2), peak RSS
 (the wrapper's children: with --jobs 2 the larger of parent and workers is reported by
 the kernel as the maximum over all descendants) against the largest shard, and the
-CPU flags. Every file is deleted afterwards.
+CPU flags. ``--format dcp`` writes the same tensors as one ``torch.distributed.checkpoint``
+directory instead (peak RSS then against the largest tensor). Every file is deleted
+afterwards.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import shutil
 import statistics
 import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 from bench_upgrade import GIB, measure
 from safetensors.torch import save_file
 
@@ -42,16 +48,12 @@ def cpu_flags() -> str:
     return " ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
 
 
-def make(path: Path, size: int, shards: int) -> int:
-    """``shards`` safetensors files of about ``size / shards`` bytes; the largest's size."""
-    path.mkdir()
+def _shard_states(size: int, shards: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensors of each of ``shards`` shards of about ``size / shards`` bytes."""
     n, k = 4096, 4096  # 64 MiB float32 per weight
     per_shard = max(1, round(size / shards / (n * k * 4)))
     g = torch.Generator().manual_seed(0)
-    weight_map: dict[str, str] = {}
-    largest = 0
     for s in range(shards):
-        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
         state = {}
         for j in range(per_shard):
             p = f"layers.{s * per_shard + j}."
@@ -63,6 +65,16 @@ def make(path: Path, size: int, shards: int) -> int:
             ) & 0xFFFFE000
             state[p + "scale"] = bits | (1 << 46)
             state[p + "bias"] = torch.zeros(n, dtype=torch.int32)
+        yield state
+
+
+def make(path: Path, size: int, shards: int) -> int:
+    """``shards`` safetensors files of about ``size / shards`` bytes; the largest's size."""
+    path.mkdir()
+    weight_map: dict[str, str] = {}
+    largest = 0
+    for s, state in enumerate(_shard_states(size, shards)):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
         save_file(state, str(path / name))
         largest = max(largest, (path / name).stat().st_size)
         weight_map.update(dict.fromkeys(state, name))
@@ -71,12 +83,30 @@ def make(path: Path, size: int, shards: int) -> int:
     return largest
 
 
+def make_dcp(path: Path, size: int, shards: int) -> int:
+    """The same tensors as one ``torch.distributed.checkpoint`` directory; the largest
+    tensor's size (what one worker holds at a time)."""
+    state: dict[str, torch.Tensor] = {}
+    for part in _shard_states(size, shards):
+        state.update(part)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp.save(state, checkpoint_id=str(path))
+    return max(t.numel() * t.element_size() for t in state.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=2.1)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument(
+        "--format",
+        choices=("sharded", "dcp"),
+        default="sharded",
+        help="sharded safetensors (default) or one torch.distributed.checkpoint directory",
+    )
     args = parser.parse_args()
     size = int(args.size_gb * GIB)
     base = args.dir or Path(tempfile.gettempdir())
@@ -85,7 +115,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_jobs_", dir=base))
     try:
         src = work / "src"
-        largest = make(src, size, args.shards)
+        largest = (make_dcp if args.format == "dcp" else make)(src, size, args.shards)
         total = sum(p.stat().st_size for p in src.iterdir())
         out = work / "out"
         commands = {
@@ -127,10 +157,9 @@ def main() -> int:
         f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
         f"flags: {cpu_flags()}"
     )
-    print(
-        f"checkpoint: {args.shards} shards, {total / mib:.0f} MiB, "
-        f"largest shard {largest / mib:.0f} MiB"
-    )
+    what = "DCP directory" if args.format == "dcp" else f"{args.shards} shards"
+    unit = "tensor" if args.format == "dcp" else "shard"
+    print(f"checkpoint: {what}, {total / mib:.0f} MiB, largest {unit} {largest / mib:.0f} MiB")
     print(f"{'command':<8} {'median s':>9} {'runs s':>18} {'peak MiB':>9} {'/largest':>9}")
     for label in commands:
         times = ", ".join(f"{r['wall']:.2f}" for r in runs[label])

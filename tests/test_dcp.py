@@ -589,3 +589,55 @@ def test_peak_memory_stays_below_the_largest_tensor(tmp_path: Path, target: str)
     converted = _read_output(tmp_path / "dst", target)
     assert converted["a.weight"].dtype == torch.int8
     assert torch.equal(converted["a.weight"], big)
+
+
+# --------------------------------------------------------------------------- --jobs
+def _many_layers(seed: int, copies: int) -> dict[str, torch.Tensor]:
+    """``copies`` renamed sets of :func:`_legacy_layers` (enough tensors for two workers)."""
+    out: dict[str, torch.Tensor] = {}
+    for i in range(copies):
+        out.update({f"m{i}.{k}": v for k, v in _legacy_layers(seed + i).items()})
+    return out
+
+
+def test_jobs_two_writes_the_same_bytes_as_jobs_one(tmp_path: Path) -> None:
+    legacy = _many_layers(20, 3)
+    _save({**legacy, "step": 11}, tmp_path / "src")
+    before = _digests(tmp_path / "src")
+    for jobs in ("1", "2"):
+        dst = tmp_path / f"jobs{jobs}"
+        assert cli(["upgrade", str(tmp_path / "src"), str(dst), "-q", "--jobs", jobs]) == 0
+    assert _digests(tmp_path / "jobs2") == _digests(tmp_path / "jobs1")
+    assert _digests(tmp_path / "src") == before
+    out = _read_output(tmp_path / "jobs2", "dcp")
+    assert out["step"] == 11
+    for i in range(3):
+        mine = {k.removeprefix(f"m{i}."): v for k, v in out.items() if k.startswith(f"m{i}.")}
+        _check_against_oracle(mine, _legacy_layers(20 + i))
+
+
+def test_a_failing_worker_leaves_dst_absent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An item that cannot be read (its bytes overwritten after planning) fails its worker:
+    exit 1 naming the tensor, DST absent, no staging directory left, the source intact."""
+    _save(_many_layers(30, 3), tmp_path / "src")
+    meta = FileSystemReader(str(tmp_path / "src")).read_metadata()
+    (info,) = [v for k, v in meta.storage_data.items() if k.fqn == "m2.b.weight"]
+    real_plan = dcp_format.plan_state_dict
+
+    def plan_then_corrupt(*args: Any, **kwargs: Any) -> Any:
+        report = real_plan(*args, **kwargs)
+        with open(tmp_path / "src" / info.relative_path, "r+b") as f:
+            f.seek(info.offset)
+            f.write(b"\0" * info.length)
+        return report
+
+    dcp_format.plan_state_dict = plan_then_corrupt  # type: ignore[assignment]
+    try:
+        code = cli(["upgrade", str(tmp_path / "src"), str(tmp_path / "dst"), "--jobs", "2"])
+    finally:
+        dcp_format.plan_state_dict = real_plan  # type: ignore[assignment]
+    assert code == 1
+    assert "m2.b.weight" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -21,6 +21,7 @@ source, then renamed into place.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -34,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from compat.checkpoint import atomic, commit, files, request
+from compat.checkpoint import atomic, commit, files, request, workers
 from compat.checkpoint.files import safetensors_file, torchfile
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Request, Result, Source, UsageError
@@ -434,10 +435,33 @@ def _copy_range(path: Path, start: int, length: int, out: IO[bytes]) -> None:
 
 
 # --------------------------------------------------------------------------- writers
-def _write_dcp(reader: _Reader, report: UpgradeReport, out_dir: Path, progress: Progress) -> None:
+def _write_tensor_item(reader: _Reader, changes: dict[str, KeyChange], key: str, path: Path) -> int:
+    """One tensor as one item file (an unchanged single item: its bytes, copied verbatim;
+    else ``torch.save`` of the upgraded tensor), fsynced; its length."""
+    with open(path, "wb") as f:
+        change = changes.get(key)
+        unchanged = change is None or change.action == KEEP
+        span = reader.item_span(key) if unchanged else None
+        if span is not None:
+            _copy_range(reader.path / span[0], span[1], span[2], f)
+        else:
+            value = _upgraded(reader, changes, key).contiguous()
+            torch.save(value, f)
+            del value
+        length = f.tell()
+        f.flush()
+        os.fsync(f.fileno())
+    return length
+
+
+def _write_dcp(
+    reader: _Reader, report: UpgradeReport, out_dir: Path, progress: Progress, jobs: int = 1
+) -> None:
     """A DCP directory as ``dcp.save`` writes it (one ``torch.save`` item per file, then
-    the pickled ``.metadata``), one tensor in memory at a time: ``dcp.save`` itself keeps
-    every tensor it wrote alive until it finishes."""
+    the pickled ``.metadata``), one tensor in memory at a time per process: ``dcp.save``
+    itself keeps every tensor it wrote alive until it finishes. With ``jobs`` > 1 the
+    tensor items are written by that many worker processes; the files and their bytes
+    are the same whatever ``jobs`` is."""
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import (
         BytesStorageMetadata,
@@ -456,35 +480,31 @@ def _write_dcp(reader: _Reader, report: UpgradeReport, out_dir: Path, progress: 
     order = [
         k for k in reader.metadata.state_dict_metadata if k in objects or k in reader.tensor_keys
     ]
-    for number, key in enumerate(order):
-        name = f"__0_{number}.distcp"
-        with open(out_dir / name, "wb") as f:
-            if key in objects:
+    names = {key: f"__0_{number}.distcp" for number, key in enumerate(order)}
+    lengths: dict[str, int] = {}
+    if jobs > 1:
+        tensors = [k for k in order if k not in objects]
+        lengths = _in_workers(_write_items, reader, report, tensors, jobs, progress, out_dir, names)
+    for key in order:
+        name = names[key]
+        if key in objects:
+            with open(out_dir / name, "wb") as f:
                 torch.save(objects[key], f)
-                entries[key] = BytesStorageMetadata()
-                index = MetadataIndex(key)
-            else:
-                spec = _target_specs_of(reader, changes, key)
-                change = changes.get(key)
-                unchanged = change is None or change.action == KEEP
-                span = reader.item_span(key) if unchanged else None
-                if span is not None:  # unchanged, one item: its bytes, copied verbatim
-                    _copy_range(reader.path / span[0], span[1], span[2], f)
-                else:
-                    value = _upgraded(reader, changes, key).contiguous()
-                    torch.save(value, f)
-                    del value
-                size = torch.Size(spec.shape)
-                chunk = ChunkStorageMetadata(offsets=torch.Size([0] * len(size)), sizes=size)
-                entries[key] = TensorStorageMetadata(
-                    TensorProperties(dtype=spec.dtype), size, [chunk]
-                )
-                index = MetadataIndex(key, chunk.offsets)
+                lengths[key] = f.tell()
+                f.flush()
+                os.fsync(f.fileno())
+            entries[key] = BytesStorageMetadata()
+            index = MetadataIndex(key)
+        else:
+            spec = _target_specs_of(reader, changes, key)
+            if key not in lengths:
+                lengths[key] = _write_tensor_item(reader, changes, key, out_dir / name)
                 progress.advance(spec.nbytes)
-            length = f.tell()
-            f.flush()
-            os.fsync(f.fileno())
-        storage[index] = _StorageInfo(relative_path=name, offset=0, length=length)
+            size = torch.Size(spec.shape)
+            chunk = ChunkStorageMetadata(offsets=torch.Size([0] * len(size)), sizes=size)
+            entries[key] = TensorStorageMetadata(TensorProperties(dtype=spec.dtype), size, [chunk])
+            index = MetadataIndex(key, chunk.offsets)
+        storage[index] = _StorageInfo(relative_path=name, offset=0, length=lengths[key])
     planner_data = reader.metadata.planner_data
     metadata = Metadata(
         state_dict_metadata=entries,
@@ -497,6 +517,67 @@ def _write_dcp(reader: _Reader, report: UpgradeReport, out_dir: Path, progress: 
         pickle.dump(metadata, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------- --jobs
+def _groups(reader: _Reader, keys: list[str], jobs: int) -> list[list[str]]:
+    """``keys`` in ``jobs`` groups of about equal bytes (largest first to the lightest
+    group), each in checkpoint order."""
+    loads = [0] * jobs
+    groups: list[list[str]] = [[] for _ in range(jobs)]
+    for key in sorted(keys, key=lambda k: -reader.spec(k).nbytes):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(key)
+        loads[lightest] += reader.spec(key).nbytes
+    rank = {key: i for i, key in enumerate(keys)}
+    return [sorted(g, key=rank.__getitem__) for g in groups if g]
+
+
+def _in_workers(
+    task: Any,
+    reader: _Reader,
+    report: UpgradeReport,
+    keys: list[str],
+    jobs: int,
+    progress: Progress,
+    *args: Any,
+) -> dict[str, int]:
+    """Run ``task(source, report part, keys, *args)`` over :func:`_groups` of ``keys`` in
+    ``jobs`` worker processes; the merged results. Every failure is reported (each naming
+    its tensors); the caller's staging directory is then removed."""
+    results: dict[str, int] = {}
+    errors = []
+    with workers.pool(jobs) as pool:
+        futures = {
+            pool.submit(task, reader.path, report.restricted(set(group)), group, *args): group
+            for group in _groups(reader, keys, jobs)
+        }
+        for future in concurrent.futures.as_completed(futures):
+            group = futures[future]
+            try:
+                results.update(future.result())
+            except Exception as err:
+                errors.append(f"{err} (worker for {group[0]!r} and {len(group) - 1} more)")
+            progress.advance(sum(reader.spec(k).nbytes for k in group))
+    if errors:
+        raise CheckpointError("; ".join(errors))
+    return results
+
+
+def _write_items(
+    source: Path, report: UpgradeReport, keys: list[str], out_dir: Path, names: dict[str, str]
+) -> dict[str, int]:
+    """Worker task: write these tensors' item files; their lengths."""
+    reader, changes = _Reader(source), _change_of(report)
+    return {key: _write_tensor_item(reader, changes, key, out_dir / names[key]) for key in keys}
+
+
+def _verify_items(
+    source: Path, report: UpgradeReport, keys: list[str], staging: Path
+) -> dict[str, int]:
+    """Worker task: :func:`_verify` these tensors of the staged DCP directory."""
+    _verify(_Reader(source), report, _Reader(staging), keys, Progress(1, enabled=False))
+    return {}
 
 
 def _write_torch(reader: _Reader, report: UpgradeReport, out_dir: Path, name: str) -> None:
@@ -698,13 +779,16 @@ def _stage_and_commit(
     where = dst.parent if single_file else dst
     atomic.remove_stale_temps(where)
     staging = atomic.temp_name(where)
+    # --jobs: DCP to DCP only (the other targets are single files or shards written in order)
+    sizes = [reader.spec(k).nbytes for k in reader.tensor_keys]
+    jobs = workers.count(req.jobs, sizes) if target == "dcp" and report.changed else 1
     staging.mkdir()
     try:
         progress.phase("writing")
         if target == "dcp" and not report.changed:  # already current: a verified byte copy
             names = _copy_files(reader.path, staging)
         elif target == "dcp":
-            _write_dcp(reader, report, staging, progress)
+            _write_dcp(reader, report, staging, progress, jobs)
             names = sorted(p.name for p in staging.iterdir())
         elif target == "torch":
             names = _output_name(target, dst)
@@ -719,12 +803,15 @@ def _stage_and_commit(
                 os.fsync(f.fileno())
         atomic.fsync_dir(staging)
         progress.phase("verifying")
-        written = _reopen(target, staging, names)
-        try:
-            _verify(reader, report, written, reader.tensor_keys, progress)
-        finally:
-            if isinstance(written, _Loaded):
-                written.close()
+        if jobs > 1:
+            _in_workers(_verify_items, reader, report, reader.tensor_keys, jobs, progress, staging)
+        else:
+            written = _reopen(target, staging, names)
+            try:
+                _verify(reader, report, written, reader.tensor_keys, progress)
+            finally:
+                if isinstance(written, _Loaded):
+                    written.close()
         if single_file:
             os.replace(staging / names[0], final)
             atomic.fsync_dir(final.parent)
