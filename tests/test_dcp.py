@@ -641,3 +641,24 @@ def test_a_failing_worker_leaves_dst_absent(
     assert code == 1
     assert "m2.b.weight" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_float_weight_that_is_not_int8_fails_like_a_dry_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], jobs: str
+) -> None:
+    """Float weights are checked while they are written (planning defers it); one value
+    that is not an int8 integer fails the conversion with the dry run's full report."""
+    legacy = _many_layers(40, 3)
+    bad = legacy["m1.b.weight"].clone()
+    bad.view(-1)[5] = 0.5
+    legacy["m1.b.weight"] = bad
+    _save(legacy, tmp_path / "src")
+    assert cli(["upgrade", str(tmp_path / "src"), "--dry-run"]) == 1
+    dry = capsys.readouterr().err
+    assert "m1.b" in dry and "0.5" in dry
+    code = cli(["upgrade", str(tmp_path / "src"), str(tmp_path / "dst"), "--jobs", jobs])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "m1.b" in err and "0.5" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -45,7 +45,16 @@ from compat.checkpoint.upgrade import (
     plan_state_dict,
 )
 from compat.formats.errors import CheckpointError
-from compat.formats.rules import CHUNK_ELEMENTS, KEEP, KeyChange, Spec, transform_chunk
+from compat.formats.rules import (
+    CHUNK_ELEMENTS,
+    KEEP,
+    RESTORE,
+    KeyChange,
+    NotInt8Error,
+    Spec,
+    restored_chunks,
+    transform_chunk,
+)
 
 if TYPE_CHECKING:  # imported where used: torch.distributed.checkpoint takes ~1 s to import
     from torch.distributed.checkpoint.metadata import (
@@ -173,6 +182,8 @@ class _Reader:
         self.object_keys = [k for k, v in entries.items() if isinstance(v, BytesStorageMetadata)]
         self._reader = FileSystemReader(str(path))
         self._cache: dict[str, torch.Tensor] = {}  # the last tensor read (its chunks)
+        #: whether planning leaves float weights' int8 check to the writer (:func:`convert`)
+        self.defer_weight_checks = False
         # where each plain item's bytes lie (or None: torch.load reads it), by file, offset
         self._stored: dict[tuple[str, int], torchfile.StoredTensor | None] = {}
 
@@ -404,6 +415,9 @@ def _upgraded_chunks(
 ) -> Iterator[torch.Tensor]:
     """The destination tensor as flat chunks (each valid until the next is requested)."""
     change = changes.get(key)
+    if change is not None and change.action == RESTORE:  # checked: planning may defer it
+        yield from restored_chunks(reader.chunks(key))
+        return
     for piece in reader.chunks(key):
         yield piece if change is None else transform_chunk(change.action, piece)
 
@@ -569,7 +583,13 @@ def _write_items(
 ) -> dict[str, int]:
     """Worker task: write these tensors' item files; their lengths."""
     reader, changes = _Reader(source), _change_of(report)
-    return {key: _write_tensor_item(reader, changes, key, out_dir / names[key]) for key in keys}
+    lengths = {}
+    for key in keys:
+        try:
+            lengths[key] = _write_tensor_item(reader, changes, key, out_dir / names[key])
+        except NotInt8Error as err:  # its arguments do not survive pickling
+            raise CheckpointError(f"{source}: float weight {key!r} holds {err}") from None
+    return lengths
 
 
 def _verify_items(
@@ -734,6 +754,9 @@ def _output_name(target: str, dst: Path) -> list[str]:
 def convert(req: Request, source: Source, dst: Path | None) -> Result:
     reader = _Reader(source.path)
     target = _target(req)
+    # a conversion checks float weights for int8 values while writing them (one read of
+    # each, in the workers with --jobs); a dry run, or a failed write, reads them here
+    reader.defer_weight_checks = not req.dry_run
     report = plan_state_dict(reader.tensor_keys, reader, req.output_dtypes)
     result = Result(source.path, dst, "dcp", "", [("", report)])
     if req.dry_run:
@@ -755,6 +778,13 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
     progress = request.progress_for(req, 3 * total)
     try:
         written = _stage_and_commit(req, reader, report, target, dst, progress, result)
+    except (CheckpointError, NotInt8Error) as err:
+        # re-plan with every value read: raises the full list of problems (as a dry run)
+        reader.defer_weight_checks = False
+        plan_state_dict(reader.tensor_keys, reader, req.output_dtypes)
+        if isinstance(err, NotInt8Error):
+            raise CheckpointError(f"{source.path}: a float weight holds {err}") from None
+        raise
     finally:
         progress.close()
     result.written = written
