@@ -243,7 +243,9 @@ class _Reader:
                 view = view.narrow(dim, start, length)
             stored = self._stored_item(info, Spec(view.dtype, tuple(view.shape)))
             if stored is not None and view.is_contiguous():
-                self._read_bytes(key, info, stored.start, safetensors_file.as_bytes(view))
+                path = self.path / str(info.relative_path)
+                with open(path, "rb") as f:
+                    _read_into(f, path, key, stored.start, safetensors_file.as_bytes(view))
             else:
                 view.copy_(self._load_item(key, info))
         return out
@@ -294,16 +296,6 @@ class _Reader:
             return None
         return stored
 
-    def _read_bytes(self, key: str, info: Any, start: int, into: memoryview) -> None:
-        path = self.path / str(info.relative_path)
-        with open(path, "rb") as f:
-            f.seek(start)
-            got = f.readinto(into) if len(into) else 0
-        if got != len(into):
-            raise CheckpointError(
-                f"{path}: tensor {key!r} is truncated (read {got} of {len(into)} bytes)"
-            )
-
     def _load_item(self, key: str, info: Any, *, tensor: bool = True) -> Any:
         path = self.path / str(info.relative_path)
         with open(path, "rb") as f:
@@ -325,23 +317,23 @@ class _Reader:
         next is requested), so a large weight is never whole in memory; any other is
         read whole, then sliced."""
         spec = self.spec(key)
-        pieces = None if key in self._cache else self._pieces(key)
-        whole = pieces is not None and len(pieces) == 1
         stored = None
-        if whole and pieces is not None:
+        pieces = None if key in self._cache else self._pieces(key)
+        if pieces is not None and len(pieces) == 1:
             stored = self._stored_item(pieces[0][1], spec)
         if stored is None or pieces is None:
             flat = self.tensor(key).reshape(-1)
             for start in range(0, flat.numel(), CHUNK_ELEMENTS):
                 yield flat[start : start + CHUNK_ELEMENTS]
             return
-        info, item = pieces[0][1], spec.dtype.itemsize
+        path, item = self.path / str(pieces[0][1].relative_path), spec.dtype.itemsize
         buf = torch.empty(min(CHUNK_ELEMENTS, spec.numel) * item, dtype=torch.uint8)
-        for start in range(0, spec.numel, CHUNK_ELEMENTS):
-            count = min(CHUNK_ELEMENTS, spec.numel - start)
-            raw = buf[: count * item]
-            self._read_bytes(key, info, stored.start + start * item, safetensors_file.as_bytes(raw))
-            yield raw.view(spec.dtype)
+        with open(path, "rb") as f:
+            for start in range(0, spec.numel, CHUNK_ELEMENTS):
+                raw = buf[: min(CHUNK_ELEMENTS, spec.numel - start) * item]
+                into = safetensors_file.as_bytes(raw)
+                _read_into(f, path, key, stored.start + start * item, into)
+                yield raw.view(spec.dtype)
 
     def is_meta(self, key: str) -> bool:
         return False
@@ -358,6 +350,16 @@ class _Reader:
                 raise CheckpointError(f"{self.path / METADATA}: no file holds entry {key!r}")
             out[key] = self._load_item(key, info, tensor=False)
         return out
+
+
+def _read_into(f: io.BufferedReader, path: Path, key: str, start: int, into: memoryview) -> None:
+    """Fill ``into`` with the bytes of ``f`` (the file at ``path``) from ``start``."""
+    f.seek(start)
+    got = f.readinto(into) if len(into) else 0
+    if got != len(into):
+        raise CheckpointError(
+            f"{path}: tensor {key!r} is truncated (read {got} of {len(into)} bytes)"
+        )
 
 
 class _Window(io.RawIOBase):
