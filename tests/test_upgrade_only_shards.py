@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import numpy as np
 import oracle
 import pytest
 import torch
-from conftest import ROOT
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
@@ -291,23 +288,19 @@ def test_a_part_checks_the_weights_of_its_own_shards(
     assert _digests(src) == before
 
 
-def _documented_merge(tmp_path: Path, *args: Path) -> subprocess.CompletedProcess[str]:
-    """Run the merge_parts.py block of docs/checkpoints.md, as the docs tell users to."""
-    text = (ROOT / "docs" / "checkpoints.md").read_text()
-    block = text.split("<!-- merge_parts.py: tests/test_upgrade_only_shards.py runs this block -->")
-    assert len(block) == 2
-    code = block[1].split("```python\n", 1)[1].split("\n```", 1)[0]
-    script = tmp_path / "merge_parts.py"
-    script.write_text(code)
-    return subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def _merge_command(
+    capsys: pytest.CaptureFixture[str], *args: Path, json_report: bool = False
+) -> tuple[int, str]:
+    """``python -m compat merge ARGS``, the commit step docs/checkpoints.md gives: its exit
+    code and stderr (with ``json_report``: stdout)."""
+    code = cli(["merge", *map(str, args), *(["--json"] if json_report else [])])
+    out = capsys.readouterr()
+    return code, out.out if json_report else out.err
 
 
-def test_the_documented_merge_step_gives_the_whole_conversion(tmp_path: Path) -> None:
+def test_the_merge_command_gives_the_whole_conversion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = _sharded(tmp_path / "src")
     work = tmp_path / "work"
     work.mkdir()
@@ -315,22 +308,35 @@ def test_the_documented_merge_step_gives_the_whole_conversion(tmp_path: Path) ->
     assert cli(["upgrade", str(src), str(a), *PART_A, *DTYPES, "-q"]) == 0
     assert cli(["upgrade", str(src), str(b), *PART_B, *DTYPES, "-q"]) == 0
     assert cli(["upgrade", str(src), str(tmp_path / "whole"), *DTYPES, "-q"]) == 0
+    capsys.readouterr()
     dst = tmp_path / "dst"
     # refused, writing nothing: a part missing, parts overlapping, a part of another source
-    missing = _documented_merge(tmp_path, src / INDEX, dst, a)
-    assert missing.returncode == 1 and f"miss {NAMES[2:]}" in missing.stderr
-    overlap = _documented_merge(tmp_path, src / INDEX, dst, a, a, b)
-    assert overlap.returncode == 1 and f"overlap in {NAMES[:2]}" in overlap.stderr
+    code, err = _merge_command(capsys, src / INDEX, dst, a)
+    assert code == 1 and "no part holds 2 shard(s)" in err and f"{NAMES[2]}, {NAMES[3]}" in err
+    code, err = _merge_command(capsys, src, dst, a, a, b)
+    assert code == 1 and f"{a} and {a} both hold {NAMES[0]!r}: the parts overlap" in err
     other = shutil.copytree(src, tmp_path / "other")
     (other / INDEX).write_text(json.dumps(_index(src)))  # the same checkpoint, other bytes
     assert cli(["upgrade", str(other), str(work / "b2"), *PART_B, *DTYPES, "-q"]) == 0
-    mixed = _documented_merge(tmp_path, src / INDEX, dst, a, work / "b2")
-    assert mixed.returncode == 1 and "part of another source" in mixed.stderr
-    assert not dst.exists() and not (tmp_path / "dst.merging").exists()
-    merged = _documented_merge(tmp_path, src / INDEX, dst, a, b)
-    assert merged.returncode == 0, merged.stderr
+    capsys.readouterr()
+    code, err = _merge_command(capsys, src, dst, a, work / "b2")
+    assert code == 1 and f"{work / 'b2'}: a part of another checkpoint" in err
+    code, err = _merge_command(capsys, src, dst, a, tmp_path / "whole")
+    assert code == 1 and "not the index of a part" in err
+    code, out = _merge_command(capsys, src, dst, a, json_report=True)
+    assert code == 1 and json.loads(out)["exit_code"] == 1
+    assert not dst.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "src", "whole", "work"]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert _merge_command(capsys, src, tmp_path / "full", a, b)[0] == 2  # DST not empty
+    code, out = _merge_command(capsys, src, dst, a, b, json_report=True)
+    assert code == 0 and json.loads(out)["status"] == "merged"
     assert _digests(dst) == _digests(tmp_path / "whole")  # every file, the index too
-    assert sorted(p.name for p in tmp_path.iterdir() if "merging" in p.name) == []
+    assert (dst / NAMES[0]).stat().st_ino == (a / NAMES[0]).stat().st_ino  # hard links
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dst", "full", "other", "src", "whole", "work",
+    ]  # fmt: skip
     _same(_loaded(dst), _loaded(tmp_path / "whole"))
 
 
@@ -375,19 +381,23 @@ def _bin_sharded(path: Path) -> Path:
             "torch",
             ["{dst}", "--only-shards", "*"],
             [
-                "--only-shards '*': the option applies to sharded safetensors checkpoints only",
+                "--only-shards '*': the option applies to sharded safetensors checkpoints (",
+                "and torch.distributed.checkpoint directories only",
                 "was detected as a torch file",
             ],
         ),
         (
             "safetensors",
             ["{dst}", "--only-shards", "*"],
-            ["sharded safetensors checkpoints only", "detected as a single safetensors file"],
+            ["directories only", "detected as a single safetensors file"],
         ),
         (
             "dcp",
             ["{dst}", "--only-shards", "*", "--to", "sharded"],
-            ["sharded safetensors checkpoints only", "torch.distributed.checkpoint directory"],
+            [
+                "--only-shards '*': a part of a DCP conversion is written as a DCP directory",
+                "--to sharded cannot be combined with it",
+            ],
         ),
         (
             "bin",

@@ -149,19 +149,28 @@ def make_backup(path: Path) -> Path:
             "and run again"
         )
     try:
-        os.link(path, bak)
+        link_or_copy(path, bak)
     except FileExistsError:
         raise CheckpointError(f"backup {bak} already exists and is never overwritten") from None
+    fsync_dir(bak.parent)
+    return bak
+
+
+def link_or_copy(path: Path, new: Path) -> None:
+    """``new``, a hard link to ``path``, or where links are impossible (another file
+    system) a copy with its permission bits, fsynced; never overwrites (FileExistsError)."""
+    try:
+        os.link(path, new)
+    except FileExistsError:
+        raise
     except OSError:  # no hard links here: copy, still refusing to overwrite
-        with open(path, "rb") as src, open(bak, "xb") as out:
+        with open(path, "rb") as src, open(new, "xb") as out:
             mode = _mode_of(path)
             if mode is not None:
                 os.fchmod(out.fileno(), mode)
             shutil.copyfileobj(src, out, 16 * 2**20)
             out.flush()
             os.fsync(out.fileno())
-    fsync_dir(bak.parent)
-    return bak
 
 
 def restore_backup(bak: Path, path: Path) -> None:
@@ -174,3 +183,29 @@ def remove_backup(bak: Path) -> None:
     """Delete a backup this run made whose file was never replaced."""
     bak.unlink()
     fsync_dir(bak.parent)
+
+
+def assemble_directory(dst: Path, links: list[tuple[Path, str]], written: dict[str, bytes]) -> None:
+    """Make the new directory ``dst`` (absent or empty) from hard links (or copies, see
+    :func:`link_or_copy`) of the files ``links`` names, each ``(path, name in dst)``, and
+    the files ``written`` (name: content), fsynced: built in a sibling temporary
+    directory, then renamed into place, so ``dst`` appears complete or not at all."""
+    remove_stale_temps(dst)
+    staging = temp_name(dst)
+    staging.mkdir()
+    try:
+        for path, name in links:
+            link_or_copy(path, staging / name)
+        for name, content in written.items():
+            with open(staging / name, "xb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_dir(staging)
+        if dst.exists():
+            dst.rmdir()  # fails unless empty
+        os.rename(staging, dst)
+        fsync_dir(dst.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -21,7 +21,8 @@ replaced file keeps its permission bits.
 
 The format of SRC is found in :data:`compat.checkpoint.files.REGISTRY` (one module per
 format); the request types live in :mod:`compat.checkpoint.request`, the atomic commit
-in :mod:`compat.checkpoint.commit`.
+in :mod:`compat.checkpoint.commit`. :func:`merge` (``python -m compat merge``) puts the
+parts of a conversion split across hosts (``--only-shards``) together.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from compat.checkpoint import files
-from compat.checkpoint.request import Request, Result, Source, UsageError, resolve_destination
+from compat.checkpoint.request import (
+    Request,
+    Result,
+    Source,
+    UsageError,
+    resolve_destination,
+    same_file,
+)
 from compat.formats.errors import CheckpointError
 
-__all__ = ["Request", "Result", "UsageError", "convert", "resolve_source"]
+__all__ = ["Request", "Result", "UsageError", "convert", "merge", "resolve_source"]
 
 
 def resolve_source(src: Path) -> Source:
@@ -46,5 +54,25 @@ def convert(req: Request) -> Result:
     dst = resolve_destination(req, source)
     try:
         return files.by_name(source.kind).convert(req, source, dst)
+    except OSError as err:
+        raise CheckpointError(f"{type(err).__name__}: {err}") from None
+
+
+def merge(src: Path, dst: Path, parts: list[Path]) -> list[Path]:
+    """Put the parts of an ``--only-shards`` conversion of ``src`` together into the new
+    directory ``dst``; the files written. Raises :class:`UsageError` or
+    :class:`CheckpointError` (``dst`` then does not exist)."""
+    source = resolve_source(src)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise UsageError(f"{dst}: exists; the merge writes a new (or empty) directory")
+    if not dst.parent.is_dir():
+        raise UsageError(f"{dst.parent}: no such directory")
+    for part in parts:
+        if not part.is_dir():
+            raise UsageError(f"{part}: not a directory (a part written by upgrade --only-shards)")
+        if same_file(part, dst) or same_file(part, source.path):
+            raise UsageError(f"{part}: a part cannot be SRC or DST")
+    try:
+        return files.by_name(source.kind).merge(source, dst, parts)
     except OSError as err:
         raise CheckpointError(f"{type(err).__name__}: {err}") from None

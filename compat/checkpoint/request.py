@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sys
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.upgrade import UpgradeReport
+from compat.formats.errors import CheckpointError
 
 PROGRESS_DELAY_S = 1.0  # auto: no bar for conversions shorter than this
 
@@ -52,9 +54,10 @@ class Part:
     """The shards one ``--only-shards`` conversion writes, of all the index lists."""
 
     patterns: tuple[str, ...]
-    selected: tuple[str, ...]  # shard file names, in index order
+    selected: tuple[str, ...]  # shard file names, in index order (DCP: .distcp files)
     skipped: tuple[str, ...]
     checkpoint_layers: int  # quantized linear layers of the whole checkpoint
+    unit: str = "shards"  # what the patterns select: "shards", or "files" of a DCP directory
 
     @property
     def of(self) -> int:
@@ -72,11 +75,45 @@ class Part:
     def describe(self) -> str:
         """One line: which shards were selected and skipped."""
         return (
-            f"shards: {len(self.selected)} of {self.of} selected by "
+            f"{self.unit}: {len(self.selected)} of {self.of} selected by "
             f"{only_shards_text(self.patterns)} ({names_text(self.selected)}); "
             f"{len(self.skipped)} skipped"
             + (f" ({names_text(self.skipped)})" if self.skipped else "")
         )
+
+
+class Holders:
+    """Which part holds each shard (of a DCP directory: each item) in a merge of parts:
+    :meth:`add` refuses one held twice, :meth:`check` one held by no part or unknown to
+    the source. ``what``: the unit's name in messages; ``unit``: what the patterns select."""
+
+    def __init__(self, source: Path, what: str, unit: str) -> None:
+        self.source, self.what, self.unit = source, what, unit
+        self.home: dict[str, Path] = {}
+
+    def add(self, part: Path, names: list[str]) -> None:
+        for name in names:
+            if name in self.home:
+                raise CheckpointError(
+                    f"{self.home[name]} and {part} both hold {name!r}: the parts overlap (give "
+                    f"each host --only-shards patterns that select disjoint {self.unit})"
+                )
+            self.home[name] = part
+
+    def check(self, wanted: list[str]) -> None:
+        missing = [name for name in wanted if name not in self.home]
+        if missing:
+            raise CheckpointError(
+                f"no part holds {len(missing)} {self.what}(s) of {self.source} "
+                f"({names_text(missing)}): a part is missing, or the parts' --only-shards "
+                f"patterns do not cover every {self.unit.rstrip('s')}"
+            )
+        known = set(wanted)
+        extra = [name for name in self.home if name not in known]
+        if extra:
+            raise CheckpointError(
+                f"{self.home[extra[0]]}: holds {extra[0]!r}, which {self.source} lacks"
+            )
 
 
 @dataclass
@@ -129,7 +166,7 @@ class Result:
             "up-to-date": "dry run: already current (nothing written)",
         }[self.status]
         if self.part is not None:
-            verb += f"; {len(self.part.selected)} of {self.part.of} shards"
+            verb += f"; {len(self.part.selected)} of {self.part.of} {self.part.unit}"
         if self.backups:
             verb += f"; backup: {', '.join(map(str, self.backups))}"
         return verb
@@ -173,16 +210,39 @@ _KINDS = {
 }
 
 
+def select(
+    patterns: tuple[str, ...], names: tuple[str, ...], where: Path, what: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ``names`` (file names, in their order) that any of the ``--only-shards``
+    ``patterns`` (shell globs, case sensitive) matches, and the others; UsageError for a
+    pattern that matches none (``what``: the files ``where`` lists, for the message)."""
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise UsageError(
+                f"--only-shards {pattern!r}: matches no {what} of {where}; allowed: a shell "
+                f"glob over the file names of its {len(names)} {what}(s), e.g. {names_text(names)}"
+            )
+    chosen = tuple(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+    return chosen, tuple(n for n in names if n not in chosen)
+
+
 def check_only_shards(req: Request, source: Source) -> None:
-    """``--only-shards`` needs a sharded source and a new DST (not ``--in-place``)."""
+    """``--only-shards`` needs a sharded or DCP source and a new DST (not ``--in-place``);
+    a DCP part is written as DCP."""
     if not req.only_shards:
         return
     given = only_shards_text(req.only_shards)
-    if source.kind != "sharded":
+    if source.kind not in ("sharded", "dcp"):
         raise UsageError(
-            f"{given}: the option applies to sharded safetensors checkpoints only (a "
-            f"*.safetensors.index.json or a directory holding one); {req.src} was detected as "
+            f"{given}: the option applies to sharded safetensors checkpoints (a "
+            "*.safetensors.index.json or a directory holding one) and torch.distributed."
+            f"checkpoint directories only; {req.src} was detected as "
             f"{_KINDS.get(source.kind, source.kind)}"
+        )
+    if source.kind == "dcp" and req.to not in (None, "dcp"):
+        raise UsageError(
+            f"{given}: a part of a DCP conversion is written as a DCP directory (the parts are "
+            f"then merged with python -m compat merge); --to {req.to} cannot be combined with it"
         )
     if req.in_place:
         raise UsageError(

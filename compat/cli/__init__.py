@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 _COMMANDS: dict[str, str] = {
     "demo": "compat.cli.demo",
     "doctor": "compat.cli.doctor",
+    "merge": "compat.cli.merge",
     "scan": "compat.cli.scan",
     "upgrade": "compat.cli.upgrade",
 }

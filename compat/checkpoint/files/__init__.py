@@ -4,7 +4,8 @@ A format (:class:`FileFormat`) can tell whether a path is one of its files
 (:meth:`~FileFormat.detect`), open it as the planner's :class:`~compat.formats.rules.Access`
 (:meth:`~FileFormat.open`), and convert it: plan, write to a temporary file, verify by
 re-reading, then commit atomically (:meth:`~FileFormat.convert`, built on
-:mod:`compat.checkpoint.commit`). :func:`detect` looks a path up in :data:`REGISTRY`;
+:mod:`compat.checkpoint.commit`); formats converted in parts (``--only-shards``) also put
+the parts together (:meth:`~FileFormat.merge`). :func:`detect` looks a path up in :data:`REGISTRY`;
 ``compat.checkpoint.converter.convert`` and ``compat.load_legacy`` use nothing else, so a
 new format is one new module registered here.
 """
@@ -41,6 +42,7 @@ class Opened:
 
 
 Convert = Callable[[Request, Source, "Path | None"], Result]
+Merge = Callable[[Source, Path, list[Path]], list[Path]]
 
 
 class FileFormat:
@@ -49,6 +51,8 @@ class FileFormat:
 
     name: str = ""
     run: Convert
+    #: puts the parts of an ``--only-shards`` conversion together (formats that have parts)
+    merge_parts: Merge | None = None
 
     def detect(self, path: Path) -> Path | None:
         """The file to read if ``path`` is in this format (for a sharded checkpoint,
@@ -85,6 +89,17 @@ class FileFormat:
     def convert(self, req: Request, source: Source, dst: Path | None) -> Result:
         """Plan, write, verify and commit one conversion (DST None: a dry run)."""
         return type(self).run(req, source, dst)
+
+    def merge(self, source: Source, dst: Path, parts: list[Path]) -> list[Path]:
+        """Put the parts of an ``--only-shards`` conversion of ``source`` together into
+        the new directory ``dst``, all or nothing; the files written."""
+        merge_parts = type(self).merge_parts
+        if merge_parts is None:
+            raise UsageError(
+                f"{source.path}: a {self.name} checkpoint is converted in one piece; parts (and "
+                "merge) exist for sharded safetensors checkpoints and DCP directories only"
+            )
+        return merge_parts(source, dst, parts)
 
 
 #: Formats in detection order; the last one (torch files) accepts any file. Filled at

@@ -29,7 +29,9 @@ import os
 import pickle
 import shutil
 import warnings
+import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -38,7 +40,7 @@ import torch
 from compat.checkpoint import atomic, commit, files, request, workers
 from compat.checkpoint.files import safetensors_file, torchfile
 from compat.checkpoint.progress import Progress
-from compat.checkpoint.request import Request, Result, Source, UsageError
+from compat.checkpoint.request import Part, Request, Result, Source, UsageError
 from compat.checkpoint.unpickler import Classes
 from compat.checkpoint.upgrade import (
     UpgradeReport,
@@ -184,6 +186,8 @@ class _Reader:
         self._cache: dict[str, torch.Tensor] = {}  # the last tensor read (its chunks)
         #: whether planning leaves float weights' int8 check to the writer (:func:`convert`)
         self.defer_weight_checks = False
+        #: ``--only-shards``: the items this part converts (others' weights are not read)
+        self.only: frozenset[str] | None = None
         # where each plain item's bytes lie (or None: torch.load reads it), by file, offset
         self._stored: dict[tuple[str, int], torchfile.StoredTensor | None] = {}
 
@@ -338,13 +342,19 @@ class _Reader:
     def is_meta(self, key: str) -> bool:
         return False
 
-    def objects(self) -> dict[str, Any]:
-        """The non-tensor entries (step counters, configs), loaded with weights only."""
+    def defers_weight_check(self, key: str) -> bool:
+        """Float weights are checked while written (a conversion), or by the part that
+        converts them (``--only-shards``)."""
+        return self.defer_weight_checks or (self.only is not None and key not in self.only)
+
+    def objects(self, keys: list[str] | None = None) -> dict[str, Any]:
+        """The non-tensor entries (step counters, configs), or those of ``keys``, loaded
+        with weights only."""
         from torch.distributed.checkpoint.metadata import MetadataIndex
 
         storage = self.metadata.storage_data or {}
         out: dict[str, Any] = {}
-        for key in self.object_keys:
+        for key in self.object_keys if keys is None else keys:
             info = storage.get(MetadataIndex(key))
             if info is None:
                 raise CheckpointError(f"{self.path / METADATA}: no file holds entry {key!r}")
@@ -470,14 +480,72 @@ def _write_tensor_item(reader: _Reader, changes: dict[str, KeyChange], key: str,
     return length
 
 
+@dataclass(frozen=True)
+class _Item:
+    """One item of a DCP directory written here: its file (the item alone, from offset
+    0), length, and the tensor's dtype and shape (None: a non-tensor entry)."""
+
+    name: str
+    length: int
+    spec: Spec | None
+
+
 def _write_dcp(
-    reader: _Reader, report: UpgradeReport, out_dir: Path, progress: Progress, jobs: int = 1
+    reader: _Reader,
+    report: UpgradeReport,
+    out_dir: Path,
+    progress: Progress,
+    jobs: int = 1,
+    only: frozenset[str] | None = None,
 ) -> None:
     """A DCP directory as ``dcp.save`` writes it (one ``torch.save`` item per file, then
     the pickled ``.metadata``), one tensor in memory at a time per process: ``dcp.save``
     itself keeps every tensor it wrote alive until it finishes. With ``jobs`` > 1 the
     tensor items are written by that many worker processes; the files and their bytes
-    are the same whatever ``jobs`` is."""
+    are the same whatever ``jobs`` is. ``only``: the items of one ``--only-shards`` part
+    (file names as in the whole conversion; ``.metadata`` lists these items only)."""
+    changes = _change_of(report)
+    order = _item_order(reader.metadata)
+    names = {key: f"__0_{number}.distcp" for number, key in enumerate(order)}
+    mine = order if only is None else [k for k in order if k in only]
+    objects = reader.objects([k for k in mine if k in set(reader.object_keys)])
+    lengths: dict[str, int] = {}
+    if jobs > 1:
+        tensors = [k for k in mine if k not in objects]
+        lengths = _in_workers(_write_items, reader, report, tensors, jobs, progress, out_dir, names)
+    items: dict[str, _Item] = {}
+    for key in mine:
+        name = names[key]
+        if key in objects:
+            with open(out_dir / name, "wb") as f:
+                torch.save(objects[key], f)
+                length = f.tell()
+                f.flush()
+                os.fsync(f.fileno())
+            items[key] = _Item(name, length, None)
+        else:
+            spec = _target_specs_of(reader, changes, key)
+            if key not in lengths:
+                lengths[key] = _write_tensor_item(reader, changes, key, out_dir / name)
+                progress.advance(spec.nbytes)
+            items[key] = _Item(name, lengths[key], spec)
+    _write_metadata(out_dir, _metadata(reader.metadata, items, whole=only is None))
+
+
+def _item_order(metadata: Metadata) -> list[str]:
+    """The tensor and object entries of a checkpoint, in its metadata's order."""
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        TensorStorageMetadata,
+    )
+
+    kinds = (TensorStorageMetadata, BytesStorageMetadata)
+    return [k for k, v in metadata.state_dict_metadata.items() if isinstance(v, kinds)]
+
+
+def _metadata(source: Metadata, items: dict[str, _Item], *, whole: bool) -> Metadata:
+    """The metadata of a DCP directory written here holding ``items`` (in that order):
+    the source's planner data (of a part: its items' entries) and version."""
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import (
         BytesStorageMetadata,
@@ -489,48 +557,36 @@ def _write_dcp(
         TensorStorageMetadata,
     )
 
-    changes = _change_of(report)
     entries: dict[str, TensorStorageMetadata | BytesStorageMetadata] = {}
     storage: dict[MetadataIndex, _StorageInfo] = {}
-    objects = reader.objects()
-    order = [
-        k for k in reader.metadata.state_dict_metadata if k in objects or k in reader.tensor_keys
-    ]
-    names = {key: f"__0_{number}.distcp" for number, key in enumerate(order)}
-    lengths: dict[str, int] = {}
-    if jobs > 1:
-        tensors = [k for k in order if k not in objects]
-        lengths = _in_workers(_write_items, reader, report, tensors, jobs, progress, out_dir, names)
-    for key in order:
-        name = names[key]
-        if key in objects:
-            with open(out_dir / name, "wb") as f:
-                torch.save(objects[key], f)
-                lengths[key] = f.tell()
-                f.flush()
-                os.fsync(f.fileno())
+    for key, item in items.items():
+        if item.spec is None:
             entries[key] = BytesStorageMetadata()
             index = MetadataIndex(key)
         else:
-            spec = _target_specs_of(reader, changes, key)
-            if key not in lengths:
-                lengths[key] = _write_tensor_item(reader, changes, key, out_dir / name)
-                progress.advance(spec.nbytes)
-            size = torch.Size(spec.shape)
+            size = torch.Size(item.spec.shape)
             chunk = ChunkStorageMetadata(offsets=torch.Size([0] * len(size)), sizes=size)
-            entries[key] = TensorStorageMetadata(TensorProperties(dtype=spec.dtype), size, [chunk])
+            properties = TensorProperties(dtype=item.spec.dtype)
+            entries[key] = TensorStorageMetadata(properties, size, [chunk])
             index = MetadataIndex(key, chunk.offsets)
-        storage[index] = _StorageInfo(relative_path=name, offset=0, length=lengths[key])
-    planner_data = reader.metadata.planner_data
-    metadata = Metadata(
+        storage[index] = _StorageInfo(relative_path=item.name, offset=0, length=item.length)
+    planner_data = source.planner_data
+    if planner_data is None:
+        planner_data = {k: (k,) for k in items}
+    elif not whole and isinstance(planner_data, dict):
+        planner_data = {k: v for k, v in planner_data.items() if k in items}
+    return Metadata(
         state_dict_metadata=entries,
-        planner_data=planner_data if planner_data is not None else {k: (k,) for k in order},
+        planner_data=planner_data,
         storage_data=storage,
         storage_meta=StorageMeta(checkpoint_id=None),
-        version=reader.metadata.version,
+        version=source.version,
     )
+
+
+def _write_metadata(out_dir: Path, metadata: Metadata) -> None:
     with open(out_dir / METADATA, "wb") as f:
-        pickle.dump(metadata, f)
+        f.write(pickle.dumps(metadata))
         f.flush()
         os.fsync(f.fileno())
 
@@ -737,6 +793,130 @@ def _reopen(target: str, staging: Path, names: list[str]) -> _Reader | _Loaded:
     return _Loaded({}, handles)
 
 
+# --------------------------------------------------------------------------- parts
+#: Written beside the ``.metadata`` of an ``--only-shards`` part (which lists the part's
+#: items only): which part of which source it is (docs/checkpoints.md).
+PART_FILE = "compat_part.json"
+
+
+def data_files(metadata: Metadata) -> list[str]:
+    """The data files the metadata names, sorted."""
+    return sorted({str(info.relative_path) for info in (metadata.storage_data or {}).values()})
+
+
+def item_files(metadata: Metadata) -> dict[str, str]:
+    """The file whose part converts each item (tensor or object entry): the one holding
+    most of its bytes; among files holding equally much (a tensor sharded evenly over
+    ranks), the one picked by the CRC-32 of the item's name, so that such items spread
+    evenly over the ranks' files. An item stored in no file: the first file."""
+    held: dict[str, dict[str, int]] = {}
+    for index, info in (metadata.storage_data or {}).items():
+        per_file = held.setdefault(index.fqn, {})
+        name = str(info.relative_path)
+        per_file[name] = per_file.get(name, 0) + int(info.length)
+    first = (data_files(metadata) or [""])[0]
+    owners = {}
+    for key in _item_order(metadata):
+        stored = held.get(key)
+        if not stored:
+            owners[key] = first
+            continue
+        most = max(stored.values())
+        tied = sorted(name for name, size in stored.items() if size == most)
+        owners[key] = tied[zlib.crc32(key.encode()) % len(tied)]
+    return owners
+
+
+def _mine(reader: _Reader, key: str) -> bool:
+    return reader.only is None or key in reader.only
+
+
+def _write_part_file(out_dir: Path, reader: _Reader, part: Part) -> None:
+    record = {
+        "format": "dcp",
+        "source": str(reader.path),
+        "source_metadata_sha256": commit.sha256(reader.path / METADATA),
+        "patterns": list(part.patterns),
+        "files": list(part.selected),
+        "of": part.of,
+        "items": len(reader.only or ()),
+    }
+    with open(out_dir / PART_FILE, "w") as f:
+        f.write(json.dumps(record, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_part_file(part: Path) -> dict[str, Any]:
+    path = part / PART_FILE
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path}: missing; {part} is not a part written by python -m compat upgrade "
+            "--only-shards from a DCP directory"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("source_metadata_sha256"), str):
+        raise CheckpointError(f"{path}: not a compat part record (no source_metadata_sha256)")
+    return record
+
+
+def _items_of(part: Path, metadata: Metadata) -> dict[str, _Item]:
+    """The items of a part's metadata, each alone in its file from offset 0 (the layout
+    written here; anything else is refused)."""
+    from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
+
+    storage = metadata.storage_data or {}
+    items = {}
+    for key, entry in metadata.state_dict_metadata.items():
+        spec = None
+        index: MetadataIndex | None = MetadataIndex(key)
+        if isinstance(entry, TensorStorageMetadata):
+            spec = Spec(entry.properties.dtype, tuple(entry.size))
+            index = MetadataIndex(key, torch.Size([0] * len(entry.size)))
+            if len(entry.chunks) != 1 or tuple(entry.chunks[0].sizes) != spec.shape:
+                index = None
+        info = None if index is None else storage.get(index)
+        size = None if info is None else (part / str(info.relative_path)).stat().st_size
+        if info is None or int(info.offset) != 0 or size != int(info.length):
+            raise CheckpointError(
+                f"{part / METADATA}: {key!r} is not stored as python -m compat upgrade "
+                "--only-shards writes it (one whole item per file); was this part written by it?"
+            )
+        items[key] = _Item(str(info.relative_path), int(info.length), spec)
+    return items
+
+
+def merge(source: Source, dst: Path, parts: list[Path]) -> list[Path]:
+    """Put the parts of an ``--only-shards`` conversion of the DCP directory ``source``
+    together into the new directory ``dst`` (staged beside it, then renamed: all or
+    nothing): every part must come from this source, and together they must hold every
+    item exactly once. The item files are hard-linked (copied across file systems)."""
+    metadata = read_metadata(source.path)
+    digest = commit.sha256(source.path / METADATA)
+    order = _item_order(metadata)
+    items: dict[str, _Item] = {}
+    holders = request.Holders(source.path, "item", "files")
+    for part in parts:
+        record = _read_part_file(part)
+        if record["source_metadata_sha256"] != digest:
+            raise CheckpointError(
+                f"{part}: a part of another checkpoint ({record.get('source')}), not of "
+                f"{source.path} (their .metadata differ)"
+            )
+        held = _items_of(part, read_metadata(part))
+        holders.add(part, list(held))
+        items.update(held)
+    holders.check(order)
+    home = holders.home
+    whole = _metadata(metadata, {k: items[k] for k in order}, whole=True)
+    links = [(home[k] / items[k].name, items[k].name) for k in order]
+    atomic.assemble_directory(dst, links, {METADATA: pickle.dumps(whole)})
+    return [dst / items[k].name for k in order] + [dst / METADATA]
+
+
 # --------------------------------------------------------------------------- conversion
 def _target(req: Request) -> str:
     target = req.to or "dcp"
@@ -756,11 +936,21 @@ def _output_name(target: str, dst: Path) -> list[str]:
 def convert(req: Request, source: Source, dst: Path | None) -> Result:
     reader = _Reader(source.path)
     target = _target(req)
+    part = None
+    if req.only_shards:
+        chosen, skipped = request.select(
+            req.only_shards, tuple(data_files(reader.metadata)), source.path, ".distcp file"
+        )
+        owner = item_files(reader.metadata)
+        reader.only = frozenset(k for k, name in owner.items() if name in chosen)
     # a conversion checks float weights for int8 values while writing them (one read of
     # each, in the workers with --jobs); a dry run, or a failed write, reads them here
     reader.defer_weight_checks = not req.dry_run
     report = plan_state_dict(reader.tensor_keys, reader, req.output_dtypes)
-    result = Result(source.path, dst, "dcp", "", [("", report)])
+    if reader.only is not None:  # planned from the whole: a layer's items may lie apart
+        part = Part(req.only_shards, chosen, skipped, len(report.groups), unit="files")
+        report = report.restricted(reader.only & set(reader.tensor_keys))
+    result = Result(source.path, dst, "dcp", "", [("", report)], part=part)
     if req.dry_run:
         result.status = "would-convert" if report.changed else "up-to-date"
         return result
@@ -776,7 +966,7 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
     if req.in_place and not report.changed:
         result.status = "current"
         return result
-    total = sum(s.nbytes for s in _target_specs(reader, report).values())
+    total = sum(s.nbytes for k, s in _target_specs(reader, report).items() if _mine(reader, k))
     progress = request.progress_for(req, 3 * total)
     try:
         written = _stage_and_commit(req, reader, report, target, dst, progress, result)
@@ -790,7 +980,7 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
     finally:
         progress.close()
     result.written = written
-    result.status = "converted" if report.changed or target != "dcp" else "current"
+    result.status = "converted" if report.changed or target != "dcp" or part else "current"
     result.verified = True
     return result
 
@@ -812,15 +1002,19 @@ def _stage_and_commit(
     atomic.remove_stale_temps(where)
     staging = atomic.temp_name(where)
     # --jobs: DCP to DCP only (the other targets are single files or shards written in order)
-    sizes = [reader.spec(k).nbytes for k in reader.tensor_keys]
-    jobs = workers.count(req.jobs, sizes) if target == "dcp" and report.changed else 1
+    keys = [k for k in reader.tensor_keys if _mine(reader, k)]
+    sizes = [reader.spec(k).nbytes for k in keys]
+    rewrite = report.changed or reader.only is not None
+    jobs = workers.count(req.jobs, sizes) if target == "dcp" and rewrite else 1
     staging.mkdir()
     try:
         progress.phase("writing")
-        if target == "dcp" and not report.changed:  # already current: a verified byte copy
+        if target == "dcp" and not rewrite:  # already current: a verified byte copy
             names = _copy_files(reader.path, staging)
         elif target == "dcp":
-            _write_dcp(reader, report, staging, progress, jobs)
+            _write_dcp(reader, report, staging, progress, jobs, reader.only)
+            if result.part is not None:
+                _write_part_file(staging, reader, result.part)
             names = sorted(p.name for p in staging.iterdir())
         elif target == "torch":
             names = _output_name(target, dst)
@@ -836,11 +1030,11 @@ def _stage_and_commit(
         atomic.fsync_dir(staging)
         progress.phase("verifying")
         if jobs > 1:
-            _in_workers(_verify_items, reader, report, reader.tensor_keys, jobs, progress, staging)
+            _in_workers(_verify_items, reader, report, keys, jobs, progress, staging)
         else:
             written = _reopen(target, staging, names)
             try:
-                _verify(reader, report, written, reader.tensor_keys, progress)
+                _verify(reader, report, written, keys, progress)
             finally:
                 if isinstance(written, _Loaded):
                     written.close()
@@ -897,6 +1091,7 @@ class DcpFormat(files.FileFormat):
 
     name = "dcp"
     run = staticmethod(convert)
+    merge_parts = staticmethod(merge)
 
     def detect(self, path: Path) -> Path | None:
         if not path.is_dir():

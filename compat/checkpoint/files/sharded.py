@@ -13,7 +13,6 @@ index of their entries whose ``metadata`` records the part (:data:`PART_KEY`).
 from __future__ import annotations
 
 import concurrent.futures
-import fnmatch
 import json
 import os
 import shutil
@@ -35,7 +34,6 @@ from compat.checkpoint.request import (
     Result,
     Source,
     UsageError,
-    names_text,
     only_shards_text,
 )
 from compat.checkpoint.unpickler import Classes
@@ -122,12 +120,7 @@ def select_shards(
     """The shards (file names, in index order) that any of ``patterns`` (shell globs, case
     sensitive) matches, and the others; raises UsageError for a pattern that matches
     none, or when a shard is not a safetensors file."""
-    for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise UsageError(
-                f"--only-shards {pattern!r}: matches no shard of {index_path}; allowed: a shell "
-                f"glob over the file names of its {len(names)} shard(s), e.g. {names_text(names)}"
-            )
+    chosen, skipped = request.select(patterns, names, index_path, "shard")
     for name in names:
         path = index_path.parent / name
         if path.is_file() and not safetensors_file.is_safetensors(path):
@@ -136,8 +129,7 @@ def select_shards(
                 f"checkpoints only; {index_path} is a sharded checkpoint whose shard {name!r} is "
                 "not a safetensors file (a torch file?)"
             )
-    chosen = tuple(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
-    return chosen, tuple(n for n in names if n not in chosen)
+    return chosen, skipped
 
 
 def _checking(owner: dict[str, _Shard], selected: tuple[str, ...] | None) -> _MultiAccess:
@@ -477,11 +469,54 @@ def _to_dir(
     return result
 
 
+def merge(source: Source, dst: Path, parts: list[Path]) -> list[Path]:
+    """Put the parts of an ``--only-shards`` conversion of the sharded checkpoint
+    ``source`` together into the new directory ``dst`` (staged beside it, then renamed:
+    all or nothing): every part must come from this source index, and together they must
+    hold every shard exactly once. The shards are hard-linked (copied across file
+    systems); the index is the source's, with ``total_size`` the sum of the parts'."""
+    index, weight_map = read_index(source.path)
+    digest = commit.sha256(source.path)
+    holders = request.Holders(source.path, "shard", "shards")
+    total = 0
+    for part in parts:
+        part_index = part / source.path.name
+        try:
+            metadata = json.loads(part_index.read_text())["metadata"]
+            record, size = metadata[PART_KEY], int(metadata["total_size"])
+            shards = [str(name) for name in record["shards"]]
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"{part_index}: missing; {part} is not a part written by python -m compat "
+                f"upgrade --only-shards from {source.path}"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"{part_index}: not the index of a part ({type(err).__name__}: {err})"
+            ) from None
+        if record.get("source_index_sha256") != digest:
+            raise CheckpointError(
+                f"{part}: a part of another checkpoint, not of {source.path} (the index differs)"
+            )
+        holders.add(part, shards)
+        total += size
+    wanted = list(dict.fromkeys(weight_map.values()))
+    holders.check(wanted)
+    out = json.loads(json.dumps(index))
+    if not isinstance(out.get("metadata"), dict):
+        out["metadata"] = {}
+    out["metadata"]["total_size"] = total
+    links = [(holders.home[name] / name, name) for name in wanted]
+    atomic.assemble_directory(dst, links, {source.path.name: _dump(out)})
+    return [dst / name for name in wanted] + [dst / source.path.name]
+
+
 class ShardedFormat(files.FileFormat):
     """A directory holding one ``*.index.json``, or that index file itself."""
 
     name = "sharded"
     run = staticmethod(convert)
+    merge_parts = staticmethod(merge)
 
     def detect(self, path: Path) -> Path | None:
         if path.is_dir():
