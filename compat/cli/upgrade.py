@@ -24,8 +24,10 @@ fsynced, verified by reloading and then moved into place. See docs/checkpoints.m
 --only-shards converts one part of a sharded safetensors checkpoint (e.g. one host's
 share of a very large one): planned from the whole index, it writes to DST only the
 matching shards, verified, and an index of their entries whose metadata.compat_part
-lists the part's shards and how many the whole has (docs/checkpoints.md: Converting a
-1 TB checkpoint on many machines).
+lists the part's shards and how many the whole has. For a DCP directory it selects
+.distcp files; DST gets the items they own, a .metadata of those and compat_part.json.
+`python -m compat merge SRC DST PART...` puts the parts together (docs/checkpoints.md:
+Converting a 1 TB checkpoint on many machines).
 
 exit codes: 0 converted or already current (dry run: convertible), 1 conversion error
 (message on stderr, or in the --json report), 2 usage error.
@@ -78,8 +80,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="sharded safetensors checkpoints: convert only the shards whose file name (as the "
         "index's weight_map lists it, e.g. model-0000[1-4]-of-00016.safetensors) matches the "
         "shell glob PATTERN (case-sensitive; repeatable: the union). The plan is made from the "
-        "whole index; DST gets the selected shards and an index of their entries only. Not with "
-        "--in-place",
+        "whole index; DST gets the selected shards and an index of their entries only. For a "
+        "DCP directory PATTERN selects .distcp files, and DST gets the items they own. Not "
+        "with --in-place; put the parts together with python -m compat merge",
     )
     parser.add_argument(
         "--class",

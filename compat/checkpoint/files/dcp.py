@@ -508,7 +508,8 @@ def _write_dcp(
     order = _item_order(reader.metadata)
     names = {key: f"__0_{number}.distcp" for number, key in enumerate(order)}
     mine = order if only is None else [k for k in order if k in only]
-    objects = reader.objects([k for k in mine if k in set(reader.object_keys)])
+    object_keys = set(reader.object_keys)
+    objects = reader.objects([k for k in mine if k in object_keys])
     lengths: dict[str, int] = {}
     if jobs > 1:
         tensors = [k for k in mine if k not in objects]
