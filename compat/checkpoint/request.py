@@ -51,7 +51,8 @@ def names_text(names: list[str] | tuple[str, ...], shown: int = 3) -> str:
 
 @dataclass(frozen=True)
 class Part:
-    """The shards one ``--only-shards`` conversion writes, of all the index lists."""
+    """The shards one ``--only-shards`` conversion writes, of all the index lists (of a
+    DCP directory: the ``.distcp`` files whose items it writes, of all the metadata names)."""
 
     patterns: tuple[str, ...]
     selected: tuple[str, ...]  # shard file names, in index order (DCP: .distcp files)

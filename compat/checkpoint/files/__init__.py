@@ -5,9 +5,9 @@ A format (:class:`FileFormat`) can tell whether a path is one of its files
 (:meth:`~FileFormat.open`), and convert it: plan, write to a temporary file, verify by
 re-reading, then commit atomically (:meth:`~FileFormat.convert`, built on
 :mod:`compat.checkpoint.commit`); formats converted in parts (``--only-shards``) also put
-the parts together (:meth:`~FileFormat.merge`). :func:`detect` looks a path up in :data:`REGISTRY`;
-``compat.checkpoint.converter.convert`` and ``compat.load_legacy`` use nothing else, so a
-new format is one new module registered here.
+the parts together (:meth:`~FileFormat.merge`). :func:`detect` looks a path up in
+:data:`REGISTRY`; ``compat.checkpoint.converter`` and ``compat.load_legacy`` use nothing
+else, so a new format is one new module registered here.
 """
 
 from __future__ import annotations

@@ -981,7 +981,8 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
     finally:
         progress.close()
     result.written = written
-    result.status = "converted" if report.changed or target != "dcp" or part else "current"
+    rewritten = report.changed or target != "dcp" or part is not None
+    result.status = "converted" if rewritten else "current"
     result.verified = True
     return result
 
