@@ -6,12 +6,17 @@ oracle's once loaded into compat's modules."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from test_dcp import (
     SHARDED,
     _check_against_oracle,
@@ -233,3 +238,63 @@ def test_merge_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "not a directory" in capsys.readouterr().err
     assert cli(["merge", str(src), str(tmp_path / "out")]) == 2  # no PART
     assert not (tmp_path / "out").exists()
+
+
+def _two_parts(tmp_path: Path, seed: int) -> tuple[Path, list[Path]]:
+    src = _four_files(tmp_path / "src", _many_layers(seed, 2))
+    parts = []
+    for name, files in zip("ab", _split(_owner_by_hand(src)), strict=True):
+        assert cli(["upgrade", str(src), str(tmp_path / name), *_patterns(files), "-q"]) == 0
+        parts.append(tmp_path / name)
+    assert cli(["upgrade", str(src), str(tmp_path / "whole"), "-q"]) == 0
+    return src, parts
+
+
+def test_merge_copies_where_hard_links_are_impossible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, parts = _two_parts(tmp_path, 80)
+    for item in parts[0].glob("*.distcp"):
+        item.chmod(0o600)
+
+    def no_links(a: object, b: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert cli(["merge", str(src), str(tmp_path / "merged"), *map(str, parts)]) == 0
+    assert _digests(tmp_path / "merged") == _digests(tmp_path / "whole")
+    for item in parts[0].glob("*.distcp"):
+        copy = tmp_path / "merged" / item.name
+        assert copy.stat().st_ino != item.stat().st_ino  # a copy, not a link
+        assert copy.stat().st_mode & 0o777 == 0o600  # with the original's permission bits
+
+
+KILLED_BEFORE_RENAME = r"""
+import os, signal, sys
+from compat.cli import main
+real_rename = os.rename
+def rename(a, b):
+    if ".compat-tmp-" in str(a):  # the staged directory is about to become DST
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_rename(a, b)
+os.rename = rename
+sys.exit(main(["merge", *sys.argv[1:]]))
+"""
+
+
+def test_a_merge_killed_before_its_rename_leaves_no_dst(tmp_path: Path) -> None:
+    """SIGKILL at the last moment (every file staged): DST absent; the next merge removes
+    the staged directory and completes."""
+    src, parts = _two_parts(tmp_path, 81)
+    dst = tmp_path / "merged"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}
+    args = [str(src), str(dst), *map(str, parts)]
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_BEFORE_RENAME, *args], env=env, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert not dst.exists()
+    assert [p for p in tmp_path.iterdir() if "compat-tmp" in p.name]  # what the kill left
+    assert cli(["merge", *args]) == 0
+    assert not [p for p in tmp_path.iterdir() if "compat-tmp" in p.name]
+    assert _digests(dst) == _digests(tmp_path / "whole")
