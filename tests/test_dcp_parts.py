@@ -101,6 +101,7 @@ def test_parts_merged_are_the_one_host_conversion(
         assert report["status"] == "converted" and report["verified"]
         record = json.loads((work / name / dcp_format.PART_FILE).read_text())
         assert record["files"] == files and record["of"] == 4
+        assert record["output_dtype"] == "none given"
         # the part's metadata lists exactly the items its files own
         mine = {k for k, f in owner.items() if f in files}
         assert set(FileSystemReader(str(work / name)).read_metadata().state_dict_metadata) == mine
@@ -175,9 +176,12 @@ def test_merge_refuses_parts_that_do_not_make_up_the_source(
     other = _four_files(tmp_path / "other", _many_layers(61, 2))
     assert cli(["upgrade", str(other), str(tmp_path / "o"), *_patterns(second), "-q"]) == 0
     assert cli(["upgrade", str(src), str(tmp_path / "whole"), "-q"]) == 0
+    b16 = ["--output-dtype", "m1.b=bfloat16"]
+    assert cli(["upgrade", str(src), str(tmp_path / "b16"), *_patterns(second), *b16, "-q"]) == 0
     capsys.readouterr()
     dst = tmp_path / "dst"
     cases = [
+        ([a, tmp_path / "b16"], "converted with different --output-dtype (none given and m1.b"),
         ([a], "no part holds"),
         ([a, a, b], f"{a} and {a} both hold"),
         ([a, tmp_path / "o"], f"{tmp_path / 'o'}: a part of another checkpoint"),
@@ -197,7 +201,9 @@ def test_merge_refuses_parts_that_do_not_make_up_the_source(
     assert cli(["merge", str(src), str(dst), str(a), str(b)]) == 1
     assert str(b) in capsys.readouterr().err
     assert not dst.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "o", "other", "src", "whole"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a", "b", "b16", "o", "other", "src", "whole",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -323,6 +323,11 @@ def test_the_merge_command_gives_the_whole_conversion(
     assert code == 1 and f"{work / 'b2'}: a part of another checkpoint" in err
     code, err = _merge_command(capsys, src, dst, a, tmp_path / "whole")
     assert code == 1 and "not the index of a part" in err
+    assert cli(["upgrade", str(src), str(work / "b3"), *PART_B, "-q"]) == 0  # no --output-dtype
+    capsys.readouterr()
+    code, err = _merge_command(capsys, src, dst, a, work / "b3")
+    assert code == 1 and "were converted with different --output-dtype" in err
+    assert "(layers.2=torch.bfloat16 and none given)" in err
     code, out = _merge_command(capsys, src, dst, a, json_report=True)
     assert code == 1 and json.loads(out)["exit_code"] == 1
     assert not dst.exists()

@@ -83,6 +83,16 @@ class Part:
         )
 
 
+def output_dtypes_text(output_dtypes: object) -> str:
+    """``--output-dtype`` as a canonical string (recorded in a part, compared by merge):
+    ``"none given"``, one dtype, or sorted ``MODULE=DTYPE`` entries."""
+    if output_dtypes is None:
+        return "none given"
+    if isinstance(output_dtypes, dict):
+        return ", ".join(f"{m}={d}" for m, d in sorted(output_dtypes.items()))
+    return str(output_dtypes)
+
+
 class Holders:
     """Which part holds each shard (of a DCP directory: each item) in a merge of parts:
     :meth:`add` refuses one held twice, :meth:`check` one held by no part or unknown to
@@ -91,6 +101,18 @@ class Holders:
     def __init__(self, source: Path, what: str, unit: str) -> None:
         self.source, self.what, self.unit = source, what, unit
         self.home: dict[str, Path] = {}
+        self._options: tuple[Path, object] | None = None
+
+    def same_options(self, part: Path, output_dtype: object) -> None:
+        """Every part must be converted with the same ``--output-dtype`` (as recorded)."""
+        if self._options is None:
+            self._options = (part, output_dtype)
+        elif self._options[1] != output_dtype:
+            first, given = self._options
+            raise CheckpointError(
+                f"{first} and {part} were converted with different --output-dtype ({given} and "
+                f"{output_dtype}); convert every part with the same options"
+            )
 
     def add(self, part: Path, names: list[str]) -> None:
         for name in names:

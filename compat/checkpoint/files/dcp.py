@@ -832,7 +832,7 @@ def _mine(reader: _Reader, key: str) -> bool:
     return reader.only is None or key in reader.only
 
 
-def _write_part_file(out_dir: Path, reader: _Reader, part: Part) -> None:
+def _write_part_file(out_dir: Path, reader: _Reader, part: Part, output_dtypes: object) -> None:
     record = {
         "format": "dcp",
         "source": str(reader.path),
@@ -841,6 +841,7 @@ def _write_part_file(out_dir: Path, reader: _Reader, part: Part) -> None:
         "files": list(part.selected),
         "of": part.of,
         "items": len(reader.only or ()),
+        "output_dtype": request.output_dtypes_text(output_dtypes),
     }
     with open(out_dir / PART_FILE, "w") as f:
         f.write(json.dumps(record, indent=2) + "\n")
@@ -907,6 +908,7 @@ def merge(source: Source, dst: Path, parts: list[Path]) -> list[Path]:
                 f"{part}: a part of another checkpoint ({record.get('source')}), not of "
                 f"{source.path} (their .metadata differ)"
             )
+        holders.same_options(part, record.get("output_dtype"))
         held = _items_of(part, read_metadata(part))
         holders.add(part, list(held))
         items.update(held)
@@ -1016,7 +1018,7 @@ def _stage_and_commit(
         elif target == "dcp":
             _write_dcp(reader, report, staging, progress, jobs, reader.only)
             if result.part is not None:
-                _write_part_file(staging, reader, result.part)
+                _write_part_file(staging, reader, result.part, req.output_dtypes)
             names = sorted(p.name for p in staging.iterdir())
         elif target == "torch":
             names = _output_name(target, dst)

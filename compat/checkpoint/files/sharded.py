@@ -315,6 +315,7 @@ def _part_index(
     report: UpgradeReport,
     access: _MultiAccess,
     part: Part,
+    output_dtypes: object,
 ) -> bytes:
     """The index of one part: the weight_map entries of its shards, ``total_size`` the
     bytes of their (upgraded) tensors, and :data:`PART_KEY` saying which shards of the
@@ -333,6 +334,7 @@ def _part_index(
         "patterns": list(part.patterns),
         "source_index": source.name,
         "source_index_sha256": commit.sha256(source),
+        "output_dtype": request.output_dtypes_text(output_dtypes),
     }
     return _dump(out)
 
@@ -375,7 +377,9 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
             new_index = (
                 _new_index(index, report)
                 if part is None
-                else _part_index(source.path, index, weight_map, report, access, part)
+                else _part_index(
+                    source.path, index, weight_map, report, access, part, req.output_dtypes
+                )
             )
             return _to_dir(
                 req, source, new_index, report, chosen, to_rewrite, dst, progress, result
@@ -498,6 +502,7 @@ def merge(source: Source, dst: Path, parts: list[Path]) -> list[Path]:
             raise CheckpointError(
                 f"{part}: a part of another checkpoint, not of {source.path} (the index differs)"
             )
+        holders.same_options(part, record.get("output_dtype"))
         holders.add(part, shards)
         total += size
     wanted = list(dict.fromkeys(weight_map.values()))
