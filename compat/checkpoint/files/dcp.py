@@ -835,7 +835,7 @@ def _mine(reader: _Reader, key: str) -> bool:
 def _write_part_file(out_dir: Path, reader: _Reader, part: Part, output_dtypes: object) -> None:
     record = {
         "format": "dcp",
-        "source": str(reader.path),
+        "source": str(reader.path.resolve()),
         "source_metadata_sha256": commit.sha256(reader.path / METADATA),
         "patterns": list(part.patterns),
         "files": list(part.selected),
