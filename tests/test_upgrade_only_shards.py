@@ -248,7 +248,16 @@ def test_verbosity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert out.count("-> torch.int8 (16, 32)  restored") == 2  # layers.0 and layers.2
     # of layers.2, only the weight is in shards 1-2 (its scale and bias are in shard 3)
     block = out[out.index("  layers.2 [F2+F4]") :].splitlines()
-    assert block[1].startswith("    weight: ") and not block[2].startswith("    ")
+    assert block[1].startswith("    weight: ")
+    assert block[2] == "    in other parts: scale, bias" and not block[3].startswith("    ")
+    # the other part: layers.0's scale (shard 2) is here, its restored weight is not
+    assert cli(["upgrade", str(src), "--dry-run", *PART_B, "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["state_dicts"][0]["groups"]
+    layer2 = next(g for g in groups if g["module"] == "layers.2")
+    assert layer2["elsewhere"] == ["weight"]
+    assert cli(["upgrade", str(src), "--dry-run", "--only-shards", NAMES[1]]) == 0
+    out = capsys.readouterr().out
+    assert "need nothing here (their other tensors are other parts' to convert)" in out
 
 
 def test_dry_run_of_a_part_writes_nothing(

@@ -60,13 +60,15 @@ class UpgradeReport:
 
     def restricted(self, keys: Collection[str]) -> UpgradeReport:
         """The part of this report about ``keys`` (e.g. some shards' tensors): the groups
-        with a key among them, holding only those keys; skipped groups whose weight or
-        scale is among them; the other keys among them."""
+        with a key among them, holding only those keys (the names of the others in
+        ``elsewhere``); skipped groups whose weight or scale is among them; the other keys
+        among them."""
         groups = []
         for g in self.groups:
             mine = tuple(k for k in g.keys if k.key in keys)
             if mine:
-                groups.append(dataclasses.replace(g, keys=mine))
+                elsewhere = tuple(k.name for k in g.keys if k.key not in keys)
+                groups.append(dataclasses.replace(g, keys=mine, elsewhere=elsewhere))
         skipped = tuple(
             (module, reason)
             for module, reason in self.skipped
@@ -104,6 +106,8 @@ class UpgradeReport:
                         f"    {k.name}: {k.before}  unchanged"
                         + (f" ({k.reason})" if k.reason else "")
                     )
+            if g.elsewhere:
+                lines.append(f"    in other parts: {', '.join(g.elsewhere)}")
             lines.extend(f"    note: {note}" for note in g.notes)
         lines.extend(f"  skipped {p or '<root>'}: {r}" for p, r in self.skipped)
         return "\n".join(lines)
@@ -118,6 +122,8 @@ class UpgradeReport:
                 for k in g.keys
                 if k.changed
             )
+            if not what and g.elsewhere:  # its other keys are another part's to convert
+                what = "need nothing here (their other tensors are other parts' to convert)"
             key = ("+".join(g.formats) or "-", what)
             buckets[key] = buckets.get(key, 0) + 1
         width = len(str(max(buckets.values(), default=0)))

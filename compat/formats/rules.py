@@ -199,6 +199,9 @@ class GroupPlan:
     output_dtype_source: str = "unknown"
     #: why it was inferred, or which output dtypes remain possible
     output_dtype_reason: str = ""
+    #: of a report about some of the checkpoint's tensors (one part of a conversion in
+    #: parts): the names of this layer's keys that lie outside it (handled by other parts)
+    elsewhere: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -218,6 +221,7 @@ class GroupPlan:
             "changed": self.changed,
             "keys": [k.to_dict() for k in self.keys],
             "notes": list(self.notes),
+            "elsewhere": list(self.elsewhere),
         }
 
 
