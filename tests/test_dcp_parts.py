@@ -304,3 +304,17 @@ def test_a_merge_killed_before_its_rename_leaves_no_dst(tmp_path: Path) -> None:
     assert cli(["merge", *args]) == 0
     assert not [p for p in tmp_path.iterdir() if "compat-tmp" in p.name]
     assert _digests(dst) == _digests(tmp_path / "whole")
+
+
+def test_a_part_is_not_read_as_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It holds only some of the checkpoint: upgrade and load_legacy point to merge."""
+    _src, parts = _two_parts(tmp_path, 82)
+    capsys.readouterr()
+    assert cli(["upgrade", str(parts[0]), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{parts[0]}: one part of a conversion in parts" in err
+    assert "python -m compat merge SRC DST PART..." in err
+    with pytest.raises(compat.CheckpointError, match="one part of a conversion in parts"):
+        compat.load_legacy(parts[0])

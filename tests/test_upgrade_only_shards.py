@@ -347,6 +347,11 @@ def test_the_merge_command_gives_the_whole_conversion(
     code, out = _merge_command(capsys, src, dst, a, b, json_report=True)
     assert code == 0 and json.loads(out)["status"] == "merged"
     assert _digests(dst) == _digests(tmp_path / "whole")  # every file, the index too
+    for part in (a, a / INDEX):  # a part is not a checkpoint: merge it first
+        assert cli(["upgrade", str(part), "--dry-run"]) == 2
+        assert f"{a}: one part of a conversion in parts" in capsys.readouterr().err
+    with pytest.raises(compat.CheckpointError, match="one part of a conversion in parts"):
+        compat.load_legacy(a)
     assert (dst / NAMES[0]).stat().st_ino == (a / NAMES[0]).stat().st_ino  # hard links
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "dst", "full", "other", "src", "whole", "work",

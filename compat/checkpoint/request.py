@@ -93,6 +93,16 @@ def output_dtypes_text(output_dtypes: object) -> str:
     return str(output_dtypes)
 
 
+def refuse_part(path: Path, record: Path) -> None:
+    """A part of a conversion in parts is not a checkpoint to read or convert: it holds
+    only some of one (``record``: what says so)."""
+    raise UsageError(
+        f"{path}: one part of a conversion in parts (upgrade --only-shards; see {record.name}), "
+        "holding only some of the checkpoint; put the parts together first with python -m "
+        "compat merge SRC DST PART..., then use DST"
+    )
+
+
 class Holders:
     """Which part holds each shard (of a DCP directory: each item) in a merge of parts:
     :meth:`add` refuses one held twice, :meth:`check` one held by no part or unknown to

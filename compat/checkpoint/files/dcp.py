@@ -1101,6 +1101,8 @@ class DcpFormat(files.FileFormat):
         if not path.is_dir():
             return None
         if (path / METADATA).exists() or any(path.glob("*.distcp")):
+            if (path / PART_FILE).exists():
+                request.refuse_part(path, path / PART_FILE)
             return path
         return None
 

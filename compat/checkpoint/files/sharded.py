@@ -516,6 +516,17 @@ def merge(source: Source, dst: Path, parts: list[Path]) -> list[Path]:
     return [dst / name for name in wanted] + [dst / source.path.name]
 
 
+def _not_a_part(index_path: Path) -> Path:
+    """``index_path``, unless its metadata says it is the index of one part."""
+    try:
+        metadata = json.loads(index_path.read_text()).get("metadata")
+    except (OSError, ValueError, AttributeError):
+        return index_path  # read_index reports what is wrong with it
+    if isinstance(metadata, dict) and PART_KEY in metadata:
+        request.refuse_part(index_path.parent, index_path)
+    return index_path
+
+
 class ShardedFormat(files.FileFormat):
     """A directory holding one ``*.index.json``, or that index file itself."""
 
@@ -532,8 +543,8 @@ class ShardedFormat(files.FileFormat):
                     f"{path}: a directory source must hold exactly one Hugging Face *.index.json "
                     f"(found: {found}); pass the index file or a single checkpoint file instead"
                 )
-            return indexes[0]
-        return path if path.name.endswith(".index.json") else None
+            return _not_a_part(indexes[0])
+        return _not_a_part(path) if path.name.endswith(".index.json") else None
 
     def open(
         self, path: Path, *, trust_pickle: bool, classes: Classes | None = None
