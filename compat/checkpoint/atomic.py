@@ -185,6 +185,15 @@ def remove_backup(bak: Path) -> None:
     fsync_dir(bak.parent)
 
 
+def rename_into_place(staging: Path, dst: Path) -> None:
+    """Rename the staged directory ``staging`` to ``dst`` (absent, or empty: removed
+    first, since a rename cannot replace a directory portably), durably."""
+    if dst.exists():
+        dst.rmdir()  # fails unless empty
+    os.rename(staging, dst)
+    fsync_dir(dst.parent)
+
+
 def assemble_directory(dst: Path, links: list[tuple[Path, str]], written: dict[str, bytes]) -> None:
     """Make the new directory ``dst`` (absent or empty) from hard links (or copies, see
     :func:`link_or_copy`) of the files ``links`` names, each ``(path, name in dst)``, and
@@ -202,10 +211,7 @@ def assemble_directory(dst: Path, links: list[tuple[Path, str]], written: dict[s
                 f.flush()
                 os.fsync(f.fileno())
         fsync_dir(staging)
-        if dst.exists():
-            dst.rmdir()  # fails unless empty
-        os.rename(staging, dst)
-        fsync_dir(dst.parent)
+        rename_into_place(staging, dst)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -35,6 +35,7 @@ from compat.checkpoint.request import (
     Result,
     Source,
     UsageError,
+    require_new_directory,
     resolve_destination,
     same_file,
 )
@@ -63,10 +64,7 @@ def merge(src: Path, dst: Path, parts: list[Path]) -> list[Path]:
     directory ``dst``; the files written. Raises :class:`UsageError` or
     :class:`CheckpointError` (``dst`` then does not exist)."""
     source = resolve_source(src)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise UsageError(f"{dst}: exists; the merge writes a new (or empty) directory")
-    if not dst.parent.is_dir():
-        raise UsageError(f"{dst.parent}: no such directory")
+    require_new_directory(dst, f"{dst}: exists; the merge writes a new (or empty) directory")
     for part in parts:
         if not part.is_dir():
             raise UsageError(f"{part}: not a directory (a part written by upgrade --only-shards)")

@@ -306,14 +306,11 @@ def resolve_destination(req: Request, source: Source) -> Path | None:
     if source.kind == "dcp":
         return _dcp_destination(req, source, dst)
     if source.kind == "sharded":
-        if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-            raise UsageError(
-                f"{dst}: the destination of a sharded checkpoint must be a new or empty directory"
-            )
+        require_new_directory(
+            dst, f"{dst}: the destination of a sharded checkpoint must be a new or empty directory"
+        )
         if same_file(dst, source.path.parent):
             raise UsageError("DST is the source directory; use --in-place")
-        if not dst.parent.is_dir():
-            raise UsageError(f"{dst.parent}: no such directory")
         return dst
     if dst.is_dir():
         dst = dst / source.path.name
@@ -331,15 +328,21 @@ def resolve_destination(req: Request, source: Source) -> Path | None:
     return dst
 
 
+def require_new_directory(dst: Path, message: str) -> None:
+    """``dst`` must be absent or an empty directory (else UsageError ``message``), in a
+    directory that exists."""
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise UsageError(message)
+    if not dst.parent.is_dir():
+        raise UsageError(f"{dst.parent}: no such directory")
+
+
 def _dcp_destination(req: Request, source: Source, dst: Path) -> Path:
     """DCP source: a new or empty directory for ``--to dcp|sharded``, else a file."""
     if same_file(dst, source.path):
         raise UsageError("DST is the source directory; use --in-place")
     if (req.to or "dcp") in ("dcp", "sharded"):
-        if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-            raise UsageError(f"{dst}: the destination must be a new or empty directory")
-        if not dst.parent.is_dir():
-            raise UsageError(f"{dst.parent}: no such directory")
+        require_new_directory(dst, f"{dst}: the destination must be a new or empty directory")
         return dst
     if dst.is_dir():
         dst = dst / ("model.pt" if req.to == "torch" else "model.safetensors")

@@ -1083,10 +1083,7 @@ def _commit_directory(
         atomic.fsync_dir(source.parent)
         result.backups.append(bak)
         return
-    if final.exists():
-        final.rmdir()  # empty (checked when resolving the destination)
-    os.rename(staging, final)
-    atomic.fsync_dir(final.parent)
+    atomic.rename_into_place(staging, final)  # final: empty (checked when resolving)
 
 
 class DcpFormat(files.FileFormat):

@@ -459,10 +459,7 @@ def _to_dir(
         with open(staging / source.path.name, "rb+") as f:
             os.fsync(f.fileno())
         atomic.fsync_dir(staging)
-        if dst.exists():
-            dst.rmdir()  # empty (checked when resolving); rename cannot replace it portably
-        os.rename(staging, dst)
-        atomic.fsync_dir(dst.parent)
+        atomic.rename_into_place(staging, dst)  # dst: empty (checked when resolving)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
