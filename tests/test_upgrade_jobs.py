@@ -179,3 +179,26 @@ def test_workers_are_spawned_while_another_thread_runs() -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def _square_or_fail(x: int) -> int:
+    """A worker task for the runner test: fails on odd numbers."""
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x * x
+
+
+def test_the_worker_runner_hands_over_every_success_then_lists_every_failure() -> None:
+    from compat.checkpoint.progress import Progress
+
+    calls = [workers.Call(_square_or_fail, (x,), f"item {x}", 10 * x) for x in range(6)]
+    progress = Progress(1000, enabled=False)
+    got: dict[str, int] = {}
+    with pytest.raises(compat.CheckpointError) as caught:
+        workers.run(2, calls, progress, lambda call, result: got.update({call.label: result}))
+    assert got == {"item 0": 0, "item 2": 4, "item 4": 16}  # before the error was raised
+    assert sorted(caught.value.problems) == ["item 1: odd 1", "item 3: odd 3", "item 5: odd 5"]
+    assert progress.done == 10 * sum(range(6))  # every call, failed or not
+    ok: dict[str, int] = {}
+    workers.run(2, calls[::2], progress, lambda call, result: ok.update({call.label: result}))
+    assert ok == got

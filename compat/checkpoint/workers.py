@@ -10,11 +10,15 @@ import concurrent.futures
 import multiprocessing
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from compat.checkpoint import request
+from compat.checkpoint.progress import Progress
+from compat.formats.errors import CheckpointError
 
 #: default ``--jobs``: one worker per GiB of data to rewrite, at most
 WORKER_BYTES = 2**30
@@ -59,3 +63,37 @@ def pool(jobs: int) -> concurrent.futures.ProcessPoolExecutor:
     return concurrent.futures.ProcessPoolExecutor(
         jobs, mp_context=context(), initializer=single_threaded
     )
+
+
+@dataclass(frozen=True)
+class Call:
+    """One task for :func:`run`: ``fn(*args)`` in a worker. ``label`` names it in an error;
+    ``nbytes`` is what it advances the progress bar by when it ends."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    label: str
+    nbytes: int
+
+
+def run(
+    jobs: int, calls: Sequence[Call], progress: Progress, done: Callable[[Call, Any], None]
+) -> None:
+    """Run ``calls`` in ``jobs`` workers (:func:`pool`), handing each result to ``done`` as
+    it arrives. Every call runs to its end; then one :class:`CheckpointError` lists each
+    failure as ``label: error``. The results of the calls that succeeded have all reached
+    ``done`` by then, so that the caller can discard what they wrote."""
+    errors = []
+    with pool(jobs) as executor:
+        futures = {executor.submit(call.fn, *call.args): call for call in calls}
+        for future in concurrent.futures.as_completed(futures):
+            call = futures[future]
+            try:
+                result = future.result()
+            except Exception as err:
+                errors.append(f"{call.label}: {err}")
+            else:
+                done(call, result)
+            progress.advance(call.nbytes)
+    if errors:
+        raise CheckpointError(errors)

@@ -21,7 +21,6 @@ source, then renamed into place.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import io
 import json
@@ -619,21 +618,16 @@ def _in_workers(
     ``jobs`` worker processes; the merged results. Every failure is reported (each naming
     its tensors); the caller's staging directory is then removed."""
     results: dict[str, int] = {}
-    errors = []
-    with workers.pool(jobs) as pool:
-        futures = {
-            pool.submit(task, reader.path, report.restricted(set(group)), group, *args): group
-            for group in _groups(reader, keys, jobs)
-        }
-        for future in concurrent.futures.as_completed(futures):
-            group = futures[future]
-            try:
-                results.update(future.result())
-            except Exception as err:
-                errors.append(f"{err} (worker for {group[0]!r} and {len(group) - 1} more)")
-            progress.advance(sum(reader.spec(k).nbytes for k in group))
-    if errors:
-        raise CheckpointError("; ".join(errors))
+    calls = [
+        workers.Call(
+            task,
+            (reader.path, report.restricted(set(group)), group, *args),
+            f"worker for {group[0]!r} and {len(group) - 1} more",
+            sum(reader.spec(k).nbytes for k in group),
+        )
+        for group in _groups(reader, keys, jobs)
+    ]
+    workers.run(jobs, calls, progress, lambda _call, lengths: results.update(lengths))
     return results
 
 

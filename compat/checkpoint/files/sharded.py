@@ -12,7 +12,6 @@ index of their entries whose ``metadata`` records the part (:data:`PART_KEY`).
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import shutil
@@ -265,28 +264,26 @@ def _write_shards(
         if req.trust_pickle and req.classes:
             raise UsageError("--class needs --jobs 1 (classes are not passed to workers)")
         progress.phase(f"{jobs} jobs")
-        with workers.pool(jobs) as pool:
-            futures = {
-                pool.submit(
-                    _shard_worker,
+        calls = [
+            workers.Call(
+                _shard_worker,
+                (
                     s.path,
                     s.name,
                     report.restricted(set(s.keys())),
                     targets[s.name],
                     req.trust_pickle,
-                ): s
-                for s in shards
-            }
-            errors = []
-            for future in concurrent.futures.as_completed(futures):
-                shard = futures[future]
-                try:
-                    temps.append(atomic.TempFile.adopt(targets[shard.name], future.result()))
-                except Exception as err:
-                    errors.append(f"{shard.name}: {err}")
-                progress.advance(2 * shard.path.stat().st_size)
-            if errors:
-                raise CheckpointError(errors)
+                ),
+                s.name,
+                2 * s.path.stat().st_size,
+            )
+            for s in shards
+        ]
+
+        def adopt(call: workers.Call, path: Path) -> None:  # each call's label: its shard
+            temps.append(atomic.TempFile.adopt(targets[call.label], path))
+
+        workers.run(jobs, calls, progress, adopt)
         order = {s.name: i for i, s in enumerate(shards)}
         temps.sort(key=lambda t: order[t.dst.name])
         return temps
