@@ -10,6 +10,7 @@ way; with explicit trust it is loaded through an unpickler that maps
 from __future__ import annotations
 
 import importlib
+import io
 import pickle
 import re
 import types
@@ -40,6 +41,11 @@ _DANGEROUS = (
     "socket",
     "runpy",
 )
+
+#: classes that a weights-only load also accepts: building them runs no code of the file's
+#: choosing. ``io.BytesIO``: training states saved as bytes buffers (torchtitan's
+#: ``TrainState``, ``torch.distributed.checkpoint`` entries), which ``torch.save`` pickles.
+SAFE_CLASSES: tuple[type, ...] = (io.BytesIO,)
 
 _GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
@@ -130,26 +136,31 @@ def redirecting_pickle_module(classes: Classes | None = None) -> types.ModuleTyp
     return module
 
 
-def globals_in(path: Path, err: BaseException) -> list[str]:
-    """The globals a weights-only load refused (all of them for zip files)."""
+def globals_in(path: Path | None, err: BaseException) -> list[str]:
+    """The globals a weights-only load refused (all of them for zip files at ``path``;
+    None: only those named by ``err``, for a pickle inside a larger file)."""
     found: list[str] = []
     try:
         import torch.serialization
 
-        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        if path is not None:
+            found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:
         found = []
     for match in _GLOBAL.findall(str(err)):
         if match not in found:
             found.append(match)
-    return found
+    allowed = {f"{c.__module__}.{c.__qualname__}" for c in SAFE_CLASSES}
+    return [name for name in found if name not in allowed]
 
 
-def refusal_message(path: Path, names: list[str]) -> str:
-    """Why a file with pickled objects is refused, and what to do."""
+def refusal_message(path: Path, names: list[str], entry: str | None = None) -> str:
+    """Why a file (``entry``: one entry of it) with pickled objects is refused, and what
+    to do."""
     listed = ", ".join(names)
+    what = "the file holds" if entry is None else f"its entry {entry!r} holds"
     text = (
-        f"{path}: refusing to unpickle it: the file holds pickled Python objects, not only tensors "
+        f"{path}: refusing to unpickle it: {what} pickled Python objects, not only tensors "
         f"(it needs {listed}), and unpickling them can run arbitrary code, so it is loaded with "
         "weights_only=True only."
     )

@@ -22,6 +22,7 @@ source, then renamed into place.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -32,11 +33,11 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from compat.checkpoint import atomic, commit, files, request, workers
+from compat.checkpoint import atomic, commit, files, request, unpickler, workers
 from compat.checkpoint.files import safetensors_file, torchfile
 from compat.checkpoint.progress import Progress
 from compat.checkpoint.request import Part, Request, Result, Source, UsageError
@@ -169,7 +170,9 @@ def read_metadata(path: Path) -> Metadata:
 class _Reader:
     """Tensors of a DCP directory, loaded one at a time (an :class:`Access`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, trust_pickle: bool = False, classes: Classes | None = None
+    ) -> None:
         from torch.distributed.checkpoint.filesystem import FileSystemReader
         from torch.distributed.checkpoint.metadata import (
             BytesStorageMetadata,
@@ -177,6 +180,8 @@ class _Reader:
         )
 
         self.path = path
+        #: non-tensor entries needing classes beyond weights-only are unpickled only then
+        self.trust_pickle, self.classes = trust_pickle, classes
         self.metadata = read_metadata(path)
         entries = self.metadata.state_dict_metadata
         self.tensor_keys = [k for k, v in entries.items() if isinstance(v, TensorStorageMetadata)]
@@ -299,18 +304,18 @@ class _Reader:
             return None
         return stored
 
-    def _load_item(self, key: str, info: Any, *, tensor: bool = True) -> Any:
+    def _load_item(self, key: str, info: Any) -> torch.Tensor:
         path = self.path / str(info.relative_path)
         with open(path, "rb") as f:
             window = _Window(f, int(info.offset), int(info.length))
             try:
-                value = torch.load(window, map_location="cpu", weights_only=True)  # type: ignore[arg-type]
+                value = torchfile.safe_load(window)  # type: ignore[arg-type]
             except Exception as err:
                 raise CheckpointError(
                     f"{path}: tensor {key!r} (bytes {info.offset}-{info.offset + info.length}) "
                     f"cannot be read; the file is corrupt ({type(err).__name__}: {err})"
                 ) from None
-        if tensor and not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: the item of {key!r} is not a tensor")
         return value
 
@@ -347,18 +352,65 @@ class _Reader:
         return self.defer_weight_checks or (self.only is not None and key not in self.only)
 
     def objects(self, keys: list[str] | None = None) -> dict[str, Any]:
-        """The non-tensor entries (step counters, configs), or those of ``keys``, loaded
-        with weights only."""
+        """The non-tensor entries (step counters, configs, bytes buffers), or those of
+        ``keys``: loaded with weights only (and :data:`unpickler.SAFE_CLASSES`); an entry
+        needing other classes is refused unless the reader trusts pickles."""
+        out: dict[str, Any] = {}
+        problems: list[str] = []
+        for key in self.object_keys if keys is None else keys:
+            try:
+                out[key] = self._load_object(key)
+            except CheckpointError as err:  # every entry's problem, not only the first
+                problems.extend(err.problems)
+        if problems:
+            raise CheckpointError(problems)
+        return out
+
+    def object_span(self, key: str) -> tuple[Path, int, int, Any]:
+        """(file, offset, length, transform descriptors or None) of a non-tensor entry's
+        item, as stored."""
         from torch.distributed.checkpoint.metadata import MetadataIndex
 
-        storage = self.metadata.storage_data or {}
-        out: dict[str, Any] = {}
-        for key in self.object_keys if keys is None else keys:
-            info = storage.get(MetadataIndex(key))
-            if info is None:
-                raise CheckpointError(f"{self.path / METADATA}: no file holds entry {key!r}")
-            out[key] = self._load_item(key, info, tensor=False)
-        return out
+        info = (self.metadata.storage_data or {}).get(MetadataIndex(key))
+        if info is None:
+            raise CheckpointError(f"{self.path / METADATA}: no file holds entry {key!r}")
+        transforms = getattr(info, "transform_descriptors", None) or None
+        return self.path / str(info.relative_path), int(info.offset), int(info.length), transforms
+
+    def _load_object(self, key: str) -> Any:
+        path, start, length, transforms = self.object_span(key)
+        if transforms is not None:
+            raise CheckpointError(
+                f"{path}: entry {key!r} is stored transformed ({', '.join(map(str, transforms))}), "
+                "which compat does not decode; a conversion to DCP (the default --to) copies "
+                "it as stored"
+            )
+        with open(path, "rb") as f:
+            window = _Window(f, start, length)
+            try:
+                return torchfile.safe_load(window)  # type: ignore[arg-type]
+            except pickle.UnpicklingError as err:
+                names = unpickler.globals_in(None, err)
+                if not names:
+                    raise self._unreadable(path, key, start, length, err) from None
+                if not self.trust_pickle:
+                    raise CheckpointError(
+                        unpickler.refusal_message(path, names, key)
+                        + " A conversion to DCP (the default --to) copies the entry byte for "
+                        "byte without unpickling it."
+                    ) from None
+            except Exception as err:
+                raise self._unreadable(path, key, start, length, err) from None
+            window.seek(0)
+            label = f"{path}: entry {key!r}"
+            return torchfile.trusted_load(window, self.classes, label=label)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _unreadable(path: Path, key: str, start: int, length: int, err: Exception) -> Exception:
+        return CheckpointError(
+            f"{path}: entry {key!r} (bytes {start}-{start + length}) cannot be read; the file "
+            f"is corrupt ({type(err).__name__}: {str(err).strip()[:300]})"
+        )
 
 
 def _read_into(f: io.BufferedReader, path: Path, key: str, start: int, into: memoryview) -> None:
@@ -442,8 +494,9 @@ def _target_specs(reader: _Reader, report: UpgradeReport) -> dict[str, Spec]:
     return {key: _target_specs_of(reader, changes, key) for key in reader.tensor_keys}
 
 
-def _copy_range(path: Path, start: int, length: int, out: IO[bytes]) -> None:
-    """``length`` bytes of ``path`` from ``start`` into ``out``, through one small buffer."""
+def _copy_range(path: Path, start: int, length: int, out: _Sink) -> None:
+    """``length`` bytes of ``path`` from ``start`` into ``out`` (a file or a digest),
+    through one small buffer."""
     buf = bytearray(min(safetensors_file.COPY_CHUNK, length))
     view = memoryview(buf)
     with open(path, "rb") as f:
@@ -457,6 +510,29 @@ def _copy_range(path: Path, start: int, length: int, out: IO[bytes]) -> None:
                 )
             out.write(view[:got])
             left -= got
+
+
+class _Sink(Protocol):
+    def write(self, data: memoryview, /) -> object: ...
+
+
+class _Digest:
+    """A :class:`_Sink` that hashes what it is given."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+
+    def write(self, data: memoryview, /) -> object:
+        self.hash.update(data)
+        return len(data)
+
+
+def _object_digest(reader: _Reader, key: str) -> tuple[str, Any]:
+    """SHA-256 of a non-tensor entry's stored bytes, and its transform descriptors."""
+    path, start, length, transforms = reader.object_span(key)
+    digest = _Digest()
+    _copy_range(path, start, length, digest)
+    return digest.hash.hexdigest(), transforms
 
 
 # --------------------------------------------------------------------------- writers
@@ -487,6 +563,8 @@ class _Item:
     name: str
     length: int
     spec: Spec | None
+    #: a non-tensor entry copied as stored keeps its transform descriptors
+    transforms: Any = None
 
 
 def _write_dcp(
@@ -501,14 +579,14 @@ def _write_dcp(
     the pickled ``.metadata``), one tensor in memory at a time per process: ``dcp.save``
     itself keeps every tensor it wrote alive until it finishes. With ``jobs`` > 1 the
     tensor items are written by that many worker processes; the files and their bytes
-    are the same whatever ``jobs`` is. ``only``: the items of one ``--only-shards`` part
+    are the same whatever ``jobs`` is. Non-tensor entries are copied as stored (never
+    unpickled). ``only``: the items of one ``--only-shards`` part
     (file names as in the whole conversion; ``.metadata`` lists these items only)."""
     changes = _change_of(report)
     order = _item_order(reader.metadata)
     names = {key: f"__0_{number}.distcp" for number, key in enumerate(order)}
     mine = order if only is None else [k for k in order if k in only]
-    object_keys = set(reader.object_keys)
-    objects = reader.objects([k for k in mine if k in object_keys])
+    objects = set(reader.object_keys)
     lengths: dict[str, int] = {}
     if jobs > 1:
         tensors = [k for k in mine if k not in objects]
@@ -516,13 +594,13 @@ def _write_dcp(
     items: dict[str, _Item] = {}
     for key in mine:
         name = names[key]
-        if key in objects:
+        if key in objects:  # as stored, never unpickled: nothing of it is lost or run
+            path, start, length, transforms = reader.object_span(key)
             with open(out_dir / name, "wb") as f:
-                torch.save(objects[key], f)
-                length = f.tell()
+                _copy_range(path, start, length, f)
                 f.flush()
                 os.fsync(f.fileno())
-            items[key] = _Item(name, length, None)
+            items[key] = _Item(name, length, None, transforms)
         else:
             spec = _target_specs_of(reader, changes, key)
             if key not in lengths:
@@ -569,7 +647,10 @@ def _metadata(source: Metadata, items: dict[str, _Item], *, whole: bool) -> Meta
             properties = TensorProperties(dtype=item.spec.dtype)
             entries[key] = TensorStorageMetadata(properties, size, [chunk])
             index = MetadataIndex(key, chunk.offsets)
-        storage[index] = _StorageInfo(relative_path=item.name, offset=0, length=item.length)
+        extra = {} if item.transforms is None else {"transform_descriptors": item.transforms}
+        storage[index] = _StorageInfo(
+            relative_path=item.name, offset=0, length=item.length, **extra
+        )
     planner_data = source.planner_data
     if planner_data is None:
         planner_data = {k: (k,) for k in items}
@@ -741,6 +822,15 @@ def _verify(
         progress.advance(got.nbytes)
 
 
+def _verify_objects(reader: _Reader, written: _Reader, keys: list[str]) -> None:
+    """Every non-tensor entry of a written DCP directory: the source's bytes, as stored."""
+    for key in keys:
+        if _object_digest(written, key) != _object_digest(reader, key):
+            raise CheckpointError(
+                f"verification failed: entry {key!r} in the output differs from the source"
+            )
+
+
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
@@ -773,13 +863,16 @@ class _Loaded:
             handle.close()
 
 
-def _reopen(target: str, staging: Path, names: list[str]) -> _Reader | _Loaded:
+def _reopen(target: str, staging: Path, names: list[str], reader: _Reader) -> _Reader | _Loaded:
     """The written output, for verification."""
     if target == "dcp":
         return _Reader(staging)
     if target == "torch":
-        state = torch.load(staging / names[0], map_location="cpu", weights_only=True, mmap=True)
-        return _Loaded(state, [])
+        path = staging / names[0]
+        if reader.trust_pickle:  # the entries it unpickled are in the file
+            state = torchfile.trusted_load(path, reader.classes, label=str(path), mmap=True)
+            return _Loaded(state, [])
+        return _Loaded(torchfile.safe_load(path, mmap=True), [])
     handles = [
         safetensors_file.SafetensorsFile(staging / name)
         for name in names
@@ -931,7 +1024,7 @@ def _output_name(target: str, dst: Path) -> list[str]:
 
 
 def convert(req: Request, source: Source, dst: Path | None) -> Result:
-    reader = _Reader(source.path)
+    reader = _Reader(source.path, trust_pickle=req.trust_pickle, classes=req.classes)
     target = _target(req)
     part = None
     if req.only_shards:
@@ -948,10 +1041,6 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
         part = Part(req.only_shards, chosen, skipped, len(report.groups), unit="files")
         report = report.restricted(reader.only & set(reader.tensor_keys))
     result = Result(source.path, dst, "dcp", "", [("", report)], part=part)
-    if req.dry_run:
-        result.status = "would-convert" if report.changed else "up-to-date"
-        return result
-    assert dst is not None
     if target in ("safetensors", "sharded") and reader.object_keys:
         listed = ", ".join(reader.object_keys[:5])
         raise UsageError(
@@ -960,6 +1049,12 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
         )
     if req.in_place and target != "dcp":
         raise UsageError("--in-place keeps the source's format; drop --to or give DST")
+    if req.dry_run:
+        if target == "torch":  # what the conversion would unpickle (or refuse to)
+            reader.objects()
+        result.status = "would-convert" if report.changed else "up-to-date"
+        return result
+    assert dst is not None
     if req.in_place and not report.changed:
         result.status = "current"
         return result
@@ -1027,10 +1122,13 @@ def _stage_and_commit(
                 os.fsync(f.fileno())
         atomic.fsync_dir(staging)
         progress.phase("verifying")
+        if target == "dcp" and rewrite:
+            objects = [k for k in reader.object_keys if _mine(reader, k)]
+            _verify_objects(reader, _Reader(staging), objects)
         if jobs > 1:
             _in_workers(_verify_items, reader, report, keys, jobs, progress, staging)
         else:
-            written = _reopen(target, staging, names)
+            written = _reopen(target, staging, names, reader)
             try:
                 _verify(reader, report, written, keys, progress)
             finally:
@@ -1100,7 +1198,7 @@ class DcpFormat(files.FileFormat):
     def open(
         self, path: Path, *, trust_pickle: bool, classes: Classes | None = None
     ) -> files.Opened:
-        reader = _Reader(path)
+        reader = _Reader(path, trust_pickle=trust_pickle, classes=classes)
         return files.Opened(list(reader.tensor_keys), reader, objects=reader.objects)
 
 

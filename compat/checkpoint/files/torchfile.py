@@ -4,6 +4,7 @@ verification with bounded memory, and conversion."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import io
 import pickle
@@ -46,11 +47,37 @@ class Loaded:
     releaser: PageReleaser | None = None
 
 
-def _quiet_load(path: Path, **kwargs: Any) -> Any:
+def safe_load(f: Path | IO[bytes], **kwargs: Any) -> Any:
+    """``torch.load(f, weights_only=True)`` on the CPU, also accepting
+    :data:`unpickler.SAFE_CLASSES` (where this torch can be told: 2.5 and newer)."""
+    allow = getattr(torch.serialization, "safe_globals", None)
+    with allow(list(unpickler.SAFE_CLASSES)) if allow else contextlib.nullcontext():
+        return _quiet_load(f, weights_only=True, **kwargs)
+
+
+def trusted_load(f: Path | IO[bytes], classes: Classes | None, *, label: str, **kwargs: Any) -> Any:
+    """``torch.load(f)`` on the CPU unpickling everything (only with explicit trust), with
+    torch_npu's classes redirected to compat's and ``classes`` to theirs; a failure is a
+    :class:`CheckpointError` starting with ``label`` (what was being read)."""
+    pickle_module = unpickler.redirecting_pickle_module(classes)
+    try:
+        return _quiet_load(f, weights_only=False, pickle_module=pickle_module, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{label}: unpickling failed even with --trust-pickle: {err}"
+        ) from None
+    except Exception as err:
+        raise CheckpointError(
+            f"{label}: unpickling failed even with --trust-pickle ({type(err).__name__}: "
+            f"{_last_line(err)})"
+        ) from None
+
+
+def _quiet_load(f: Path | IO[bytes], **kwargs: Any) -> Any:
     with warnings.catch_warnings():
         # weights-only unpickler notice for protocol-4 pickles: the load fails or works anyway
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
-        return torch.load(str(path), map_location="cpu", **kwargs)
+        return torch.load(str(f) if isinstance(f, Path) else f, map_location="cpu", **kwargs)
 
 
 def load(path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> Loaded:
@@ -63,7 +90,7 @@ def load(path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> L
     """
     is_zip = zipfile.is_zipfile(path)
     try:
-        obj = _quiet_load(path, weights_only=True, mmap=is_zip)
+        obj = safe_load(path, mmap=is_zip)
     except pickle.UnpicklingError as err:
         names = unpickler.globals_in(path, err)
         if not names:
@@ -72,7 +99,7 @@ def load(path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> L
             ) from None
         if not trust_pickle:
             raise CheckpointError(unpickler.refusal_message(path, names)) from None
-        obj = _trusted_load(path, is_zip, classes)
+        obj = trusted_load(path, classes, label=str(path), mmap=is_zip)
         loaded = _modules_to_state(path, obj, is_zip)
         loaded.releaser = PageReleaser(path, enabled=is_zip and _native_order(path))
         return loaded
@@ -93,25 +120,6 @@ def _last_line(err: BaseException) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     useful = [line for line in lines if "Unsupported" in line or "error" in line.lower()]
     return (useful or lines)[-1].strip()[:300]
-
-
-def _trusted_load(path: Path, is_zip: bool, classes: Classes | None) -> Any:
-    try:
-        return _quiet_load(
-            path,
-            weights_only=False,
-            mmap=is_zip,
-            pickle_module=unpickler.redirecting_pickle_module(classes),
-        )
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: unpickling failed even with --trust-pickle: {err}"
-        ) from None
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: unpickling failed even with --trust-pickle ({type(err).__name__}: "
-            f"{_last_line(err)})"
-        ) from None
 
 
 def _native_order(path: Path) -> bool:
@@ -599,7 +607,7 @@ def verify(
     read a third time.
     """
     try:
-        got = _quiet_load(written, weights_only=True, mmap=True)
+        got = safe_load(written, mmap=True)
     except Exception as err:
         raise CheckpointError(
             f"verification failed: the written file does not load ({type(err).__name__}: "
