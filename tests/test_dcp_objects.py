@@ -35,16 +35,23 @@ class _Evil:
         return (os.system, ("touch pwned",))
 
 
-def _run_info_class(where: Path, module: str) -> type:
-    """A class of a module that exists only in ``where`` (as a training script's own)."""
+def _saved_with_a_script_class(
+    where: Path, module: str, state: dict[str, Any], *, evil: bool = False
+) -> Path:
+    """``where / "src"``: ``state`` plus ``run``, an object of a class of a module that
+    exists only in ``where`` (as a training script's own), and with ``evil`` a payload
+    that creates ``pwned``; the module is then forgotten, as in a later process."""
     (where / f"{module}.py").write_text(CLASS_SOURCE)
     sys.path.insert(0, str(where))
     try:
         importlib.invalidate_caches()
-        cls: type = importlib.import_module(module).RunInfo
+        run_info = importlib.import_module(module).RunInfo
     finally:
         sys.path.remove(str(where))
-    return cls
+    extra = {"run": run_info(7), **({"evil": _Evil()} if evil else {})}
+    _save({**state, **extra}, where / "src")
+    _forget(module)
+    return where / "src"
 
 
 def _forget(module: str) -> None:
@@ -92,12 +99,9 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def test_a_conversion_to_dcp_copies_every_entry_as_stored_and_unpickles_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: str
 ) -> None:
-    module = f"train_script_{jobs}"
-    run_info = _run_info_class(tmp_path, module)
     legacy = _legacy_layers(11)
-    src = tmp_path / "src"
-    _save({**legacy, **_train_state(), "run": run_info(7), "evil": _Evil()}, src)
-    _forget(module)  # as in a later process: the training script's class is not importable
+    state = {**legacy, **_train_state()}
+    src = _saved_with_a_script_class(tmp_path, f"train_script_{jobs}", state, evil=True)
     monkeypatch.chdir(tmp_path)
     dst = tmp_path / "dst"
     assert cli(["upgrade", str(src), str(dst), "-q", "--jobs", jobs]) == 0
@@ -115,10 +119,8 @@ def test_loading_entries_that_need_classes_is_refused_listing_each(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = "train_script_refused"
-    run_info = _run_info_class(tmp_path, module)
-    src = tmp_path / "src"
-    _save({**_legacy_layers(12), **_train_state(), "run": run_info(7), "evil": _Evil()}, src)
-    _forget(module)
+    state = {**_legacy_layers(12), **_train_state()}
+    src = _saved_with_a_script_class(tmp_path, module, state, evil=True)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out.pt"
     for extra in (["--dry-run"], []):
@@ -158,10 +160,7 @@ def test_trusted_entries_of_an_importable_class_are_unpickled(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = "train_script_trusted"
-    run_info = _run_info_class(tmp_path, module)
-    src = tmp_path / "src"
-    _save({**_legacy_layers(14), "run": run_info(7)}, src)
-    _forget(module)
+    src = _saved_with_a_script_class(tmp_path, module, _legacy_layers(14))
     out = tmp_path / "out.pt"
     args = ["upgrade", str(src), str(out), "--to", "torch", "--trust-pickle", "-q"]
     assert cli(args) == 1  # trusted, but the class is nowhere to import from
