@@ -346,6 +346,53 @@ def test_progress_bar_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 # --------------------------------------------------------------------------- security
+class _PlainRecord:
+    """A class comparing by identity only, as most classes of training scripts do."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+
+def test_a_torch_file_with_a_bytes_buffer_converts_without_trust(tmp_path: Path) -> None:
+    import io
+
+    src = tmp_path / "ckpt.pt"
+    buffer = io.BytesIO(b"losses\x00\xff")
+    buffer.seek(3)
+    torch.save({"state_dict": f4_state(), "train_state": buffer, "epoch": 2}, src)
+    assert cli(["upgrade", str(src), str(tmp_path / "o.pt"), "-q"]) == 0
+    out = compat.load_legacy(tmp_path / "o.pt")
+    assert out["train_state"].getvalue() == b"losses\x00\xff" and out["train_state"].tell() == 3
+    assert out["state_dict"]["fc.weight"].dtype == torch.int8 and out["epoch"] == 2
+
+
+def test_a_trusted_object_comparing_by_identity_is_verified_by_its_state(tmp_path: Path) -> None:
+    src = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": f4_state(), "record": _PlainRecord(4)}, src)
+    args = ["upgrade", str(src), str(tmp_path / "o.pt"), "-q"]
+    assert cli(args) == 1  # refused without trust
+    assert cli([*args, "--trust-pickle"]) == 0
+    out = compat.load_legacy(tmp_path / "o.pt", trust_pickle=True)
+    assert type(out["record"]).__name__ == "_PlainRecord" and out["record"].step == 4
+    assert out["state_dict"]["fc.weight"].dtype == torch.int8
+
+
+def test_verification_still_tells_objects_of_another_state_apart() -> None:
+    import io
+
+    from compat.checkpoint.pages import PageReleaser
+
+    checker = torchfile._Verifier(None, PageReleaser(Path("x"), enabled=False), None)
+    checker.value("same", io.BytesIO(b"a"), io.BytesIO(b"a"))
+    for want, got in [
+        (io.BytesIO(b"a"), io.BytesIO(b"b")),
+        (_PlainRecord(1), _PlainRecord(2)),
+        (_PlainRecord(1), io.BytesIO(b"a")),
+    ]:
+        with pytest.raises(compat.CheckpointError, match="differs after writing"):
+            checker.value("x", want, got)
+
+
 @pytest.mark.parametrize("name", ["malicious.pt", "malicious.pkl"])
 def test_malicious_pickle_never_runs_without_trust(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

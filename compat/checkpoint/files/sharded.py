@@ -221,6 +221,8 @@ def _write_shard(
                 plans,
                 src_releaser=shard.loaded.releaser,
                 progress=progress,
+                trusted=shard.loaded.trusted,
+                classes=shard.loaded.classes,
             )
         return tmp
 

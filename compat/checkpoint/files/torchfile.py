@@ -45,6 +45,10 @@ class Loaded:
     pickled_modules: bool = False
     contexts: dict[Location, dict[str, Context]] = field(default_factory=dict)
     releaser: PageReleaser | None = None
+    #: unpickled with --trust-pickle (and these classes): what is written from it may hold
+    #: the same objects, so it is reloaded the same way to be verified
+    trusted: bool = False
+    classes: Classes | None = None
 
 
 def safe_load(f: Path | IO[bytes], **kwargs: Any) -> Any:
@@ -102,6 +106,7 @@ def load(path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> L
         obj = trusted_load(path, classes, label=str(path), mmap=is_zip)
         loaded = _modules_to_state(path, obj, is_zip)
         loaded.releaser = PageReleaser(path, enabled=is_zip and _native_order(path))
+        loaded.trusted, loaded.classes = True, classes
         return loaded
     except CheckpointError:
         raise
@@ -584,8 +589,20 @@ class _Verifier:
             same_nan = (
                 isinstance(want, float) and isinstance(got, float) and want != want and got != got
             )
-            if not (want == got or same_nan):
+            if not (want == got or same_nan or _same_state(want, got)):
                 raise CheckpointError(f"verification failed: {name!r} differs after writing")
+
+
+def _same_state(want: Any, got: Any) -> bool:
+    """Objects whose class compares by identity only (``io.BytesIO``, a trusted pickle's
+    plain classes) are the same when they pickle to the same bytes."""
+    compares_identity = getattr(type(want), "__eq__", None) is getattr(object, "__eq__", None)
+    if type(want) is not type(got) or not compares_identity:
+        return False
+    try:
+        return pickle.dumps(want) == pickle.dumps(got)
+    except Exception:
+        return False
 
 
 def verify(
@@ -596,8 +613,11 @@ def verify(
     *,
     src_releaser: PageReleaser | None,
     progress: Progress | None,
+    trusted: bool = False,
+    classes: Classes | None = None,
 ) -> None:
-    """Reload ``written`` and check it tensor by tensor.
+    """Reload ``written`` (unpickling everything, with ``classes``, if ``trusted``: the
+    source needed it) and check it tensor by tensor.
 
     Every tensor must be bit-identical to ``expected`` (the upgraded object, whose
     unchanged tensors are the source's own); every transformed tensor must also equal
@@ -607,7 +627,10 @@ def verify(
     read a third time.
     """
     try:
-        got = safe_load(written, mmap=True)
+        if trusted:
+            got = trusted_load(written, classes, label=f"{written}", mmap=True)
+        else:
+            got = safe_load(written, mmap=True)
     except Exception as err:
         raise CheckpointError(
             f"verification failed: the written file does not load ({type(err).__name__}: "
@@ -706,7 +729,16 @@ def convert(req: Request, source: Source, dst: Path | None) -> Result:
             save(upgraded, out, releaser=release, progress=progress)
 
         def verify_file(path: Path) -> None:
-            verify(path, upgraded, loaded.obj, plans, src_releaser=release, progress=progress)
+            verify(
+                path,
+                upgraded,
+                loaded.obj,
+                plans,
+                src_releaser=release,
+                progress=progress,
+                trusted=loaded.trusted,
+                classes=loaded.classes,
+            )
             crc.wait()
 
         return commit.write_verified(req, source, dst, result, progress, write_file, verify_file)
