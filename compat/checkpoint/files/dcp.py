@@ -11,8 +11,11 @@ bytes are copied, a transformed tensor is built chunk by chunk, and verification
 source and output chunk by chunk, so peak memory stays below the largest tensor.
 
 ``.metadata`` is a pickle; it is read with an unpickler that allows only DCP's metadata
-classes, and every item is loaded with ``weights_only=True``: nothing from the directory
-can run code. (The DCP directory written here uses ``_StorageInfo``, DCP's record of where
+classes, and every tensor item is loaded with ``weights_only=True``. Non-tensor entries
+are copied as stored into a DCP destination, never unpickled; where they must be loaded
+(``--to torch``, ``load_legacy``) it is weights-only (plus ``unpickler.SAFE_CLASSES``)
+unless the caller trusts pickles: without that trust nothing from the directory can run
+code. (The DCP directory written here uses ``_StorageInfo``, DCP's record of where
 an item lies, the one private name of torch used.) Destinations: a DCP directory
 (default), or with ``--to`` one torch file, one safetensors file or a sharded safetensors
 directory. Every destination is staged beside DST, verified tensor by tensor against the
