@@ -407,12 +407,16 @@ class _Planner:
         return edits
 
     def _has_replacement(self, binding: Binding, fam: str) -> bool:
-        """Whether LinearQuant of the same family is imported in the same statement list."""
+        """Whether LinearQuant of the same family is imported in the same statement list
+        (by another import: ``import LinearA8W8Quant as LinearQuant`` binds the legacy
+        class under that name)."""
         for other in binding.scope.bindings.get(REPLACEMENT, []):
             if (
                 other.kind == "import"
+                and other.node is not binding.node
                 and other.block is binding.block
                 and other.qualname is not None
+                and not is_deprecated(other.qualname)
                 and family(other.qualname) == fam
             ):
                 return True
@@ -800,6 +804,14 @@ class _Planner:
                     "torch is imported only under `if TYPE_CHECKING:` in this function, so "
                     "the name is unbound there at run time; import torch by hand"
                 )
+            at = _at(site)
+            earlier = [b for b in bindings if not b.type_checking and _before(b.node, at)]
+            if earlier:
+                line = min(_line(b.node) for b in earlier)
+                raise FixError(
+                    f"torch is imported in this function only under a condition (line {line}), "
+                    "so the name may be unbound at this call; import torch by hand"
+                )
             line = min(_line(b.node) for b in bindings)
             raise FixError(f"torch is imported only after this call (line {line}); move it up")
         if self.table.module.stars:
@@ -811,7 +823,9 @@ class _Planner:
         return "torch"
 
     def _binds_torch(self, site: Site, name: str) -> bool:
-        """Whether *name* is the torch module when *site* runs (see :meth:`_torch_name`)."""
+        """Whether *name* is the torch module when *site* runs (see :meth:`_torch_name`):
+        bound by at least one import made whatever path the code takes (in the scope's own
+        statement list, not under an ``if``, loop, ``with`` or ``try``), and to torch only."""
         owner = self.table.defining_scope(site.scope, name)
         if owner is None:
             return False
@@ -819,7 +833,9 @@ class _Planner:
         if self._runs_inline(site.scope, owner):
             at = _at(site)
             bindings = [b for b in bindings if not b.deferred and _before(b.node, at)]
-        return bool(bindings) and all(
+        body = getattr(owner.node, "body", None)
+        unconditional = [b for b in bindings if b.block is body and body is not None]
+        return bool(unconditional) and all(
             self.table.resolve_binding(b) == frozenset({"torch"}) for b in bindings
         )
 
