@@ -238,12 +238,7 @@ class LinearA8W8Quant(LinearQuant):
         has_pertoken = _require_bool(
             cls_name, "pertoken_scale", False if pertoken_scale is _UNSET else pertoken_scale
         )
-        if given["dtype"] is not None and not isinstance(given["dtype"], torch.dtype):
-            raise TypeError(
-                f"{cls_name}: argument 'dtype' must be a torch.dtype or None, got "
-                f"{type(given['dtype']).__name__} {given['dtype']!r} (it is ignored, as in "
-                f"every torch_npu version)"
-            )
+        # ``dtype``: any value, ignored, as by every torch_npu version (spec §3)
         out = legacy_output_dtype(
             cls_name, None if given["output_dtype"] is _UNSET else given["output_dtype"]
         )
@@ -266,6 +261,16 @@ class LinearA8W8Quant(LinearQuant):
             _construction_message(cls_name, call, positional),
             call,
         )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling a ``torch.save(model)`` of any variant: what an older one did not
+        have is set to what it meant, ``pertoken_scale`` (added in A5) absent and
+        ``output_dtype`` (added in A3) None, so that printing and forward work."""
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
+        if "pertoken_scale" not in self._parameters and "pertoken_scale" not in self.__dict__:
+            self.register_parameter("pertoken_scale", None)
+        if "output_dtype" not in self.__dict__:
+            self.output_dtype = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Variant A8's checks cost no time on valid input: of the dtypes A8 rejects, only

@@ -798,10 +798,14 @@ class _Collector:
                 self.expr(arg, scope, "arg", node, index)
         for keyword in node.keywords:
             self.expr(keyword.value, scope)
-        if (
-            len(node.args) >= 2
-            and isinstance(node.args[1], ast.Constant)
-            and node.args[1].value == TARGET
+        if len(node.args) >= 2 and (
+            (isinstance(node.args[1], ast.Constant) and node.args[1].value == TARGET)
+            # getattr(m, NAME): the finder checks that NAME is a constant of that value
+            or (
+                isinstance(node.args[1], ast.Name)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "getattr"
+            )
         ):
             self.table.getattr_calls.append((node, scope))
 

@@ -151,8 +151,21 @@ def _alias(table: SymbolTable, ref: Ref, symbol: str, spelled: str) -> Site:
     return Site("alias", ref.node, symbol, message, ref.scope, ref, binding=binding, reason=reason)
 
 
+def _names_target(table: SymbolTable, name: ast.Name, scope: Scope) -> bool:
+    """Whether *name* is a constant holding the class name: bound once, to that string."""
+    owner = table.defining_scope(scope, name.id)
+    if owner is None:
+        return False
+    bindings = owner.bindings[name.id]
+    value = bindings[0].value if len(bindings) == 1 and bindings[0].kind == "assign" else None
+    return isinstance(value, ast.Constant) and value.value == TARGET
+
+
 def _dynamic(table: SymbolTable, call: ast.Call, scope: Scope) -> Site | None:
     if "builtins.getattr" not in table.resolve(call.func, scope) or len(call.args) > 3:
+        return None
+    attribute = call.args[1]
+    if isinstance(attribute, ast.Name) and not _names_target(table, attribute, scope):
         return None
     bases = table.resolve(call.args[0], scope)
     known = sorted(q for q in bases if q is not None and family(q) is not None)
