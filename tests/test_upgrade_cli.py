@@ -377,6 +377,58 @@ def test_a_trusted_object_comparing_by_identity_is_verified_by_its_state(tmp_pat
     assert out["state_dict"]["fc.weight"].dtype == torch.int8
 
 
+class _Payload:
+    """Creates ``marker`` when unpickled: proves what runs and what does not."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_pickle_protocols_4_and_5_load_weights_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], protocol: int, zip_format: bool
+) -> None:
+    state = f4_state(seed=protocol)
+    src = tmp_path / "p.pt"
+    save = {"pickle_protocol": protocol, "_use_new_zipfile_serialization": zip_format}
+    torch.save(state, src, **save)
+    assert cli(["upgrade", str(src), str(tmp_path / "o.pt"), "-q"]) == 0
+    out = compat.load_legacy(tmp_path / "o.pt")
+    assert out["fc.weight"].dtype == torch.int8
+    assert torch.equal(out["fc.weight"].double(), state["fc.weight"].double())
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    torch.save({**state, "x": _Payload(marker)}, evil, **save)
+    capsys.readouterr()
+    for args in ([str(evil), "--dry-run"], [str(evil), str(tmp_path / "e.pt")]):
+        assert cli(["upgrade", *args]) == 1
+        err = capsys.readouterr().err
+        assert "refusing to unpickle" in err and "posix.system" in err
+    with pytest.raises(compat.CheckpointError, match="refusing to unpickle"):
+        compat.load_legacy(evil)
+    assert not marker.exists() and not (tmp_path / "e.pt").exists()
+    cli(["upgrade", str(evil), "--dry-run", "--trust-pickle"])  # control: the payload is live
+    assert marker.exists()
+
+
+def test_state_dicts_under_integer_keys_keep_their_keys(tmp_path: Path) -> None:
+    first, second = f4_state(seed=1), f4_state(seed=2)
+    src = tmp_path / "ensemble.pt"
+    torch.save({0: first, 1: second, "epoch": 1}, src)
+    assert cli(["upgrade", str(src), "--dry-run", "-q"]) == 0
+    assert cli(["upgrade", str(src), str(tmp_path / "o.pt"), "-q"]) == 0
+    out = torch.load(tmp_path / "o.pt", weights_only=True)
+    assert list(out) == [0, 1, "epoch"]
+    for key, want in ((0, first), (1, second)):
+        assert out[key]["fc.weight"].dtype == torch.int8
+        assert torch.equal(out[key]["fc.weight"].double(), want["fc.weight"].double())
+    assert list(compat.load_legacy(src)) == [0, 1, "epoch"]
+
+
 def test_verification_still_tells_objects_of_another_state_apart() -> None:
     import io
 

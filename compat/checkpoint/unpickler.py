@@ -116,8 +116,50 @@ def _resolve(wanted: str, target: object) -> Any:
 def redirecting_pickle_module(classes: Classes | None = None) -> types.ModuleType:
     """A ``pickle``-like module for ``torch.load(pickle_module=...)``; ``classes`` maps
     pickled class names to replacements (see :data:`Classes`)."""
-    module = types.ModuleType("compat_redirecting_pickle")
-    for name in (
+    unpickler = type(
+        "RedirectingUnpickler", (RedirectingUnpickler,), {"classes": dict(classes or {})}
+    )
+    return _pickle_module("compat_redirecting_pickle", unpickler)
+
+
+class AllowlistUnpickler(pickle.Unpickler):
+    """Python's own unpickler (every pickle protocol) allowing only the globals that
+    ``torch.load(weights_only=True)`` allows: torch's weights-only allowlist, what
+    ``torch.serialization`` was told is safe, and :data:`SAFE_CLASSES`. Only globals can
+    bring code into a pickle, so this is as safe as torch's weights-only reader, which
+    does not read pickle protocols 4 and 5 (``torch.save(..., pickle_protocol=4)``)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _allowed_globals()
+        wanted = f"{module}.{name}"
+        if wanted in allowed:
+            return allowed[wanted]
+        raise pickle.UnpicklingError(
+            f"Unsupported global: GLOBAL {wanted} was not an allowed global (weights only)"
+        )
+
+
+def allowlist_pickle_module() -> types.ModuleType:
+    """A ``pickle``-like module whose unpickler is :class:`AllowlistUnpickler`."""
+    return _pickle_module("compat_allowlist_pickle", AllowlistUnpickler)
+
+
+def _allowed_globals() -> dict[str, Any]:
+    import torch.serialization
+    from torch import _weights_only_unpickler  # torch's own list: the one source of truth
+
+    get = getattr(_weights_only_unpickler, "_get_allowed_globals", None)
+    allowed: dict[str, Any] = dict(get()) if get is not None else {}
+    safe: list[Any] = getattr(torch.serialization, "get_safe_globals", list)()
+    for entry in [*safe, *SAFE_CLASSES]:
+        obj, spelled = entry if isinstance(entry, tuple) else (entry, None)
+        allowed[spelled or f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return allowed
+
+
+def _pickle_module(name: str, unpickler: type[pickle.Unpickler]) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for attr in (
         "load",
         "loads",
         "dump",
@@ -128,10 +170,7 @@ def redirecting_pickle_module(classes: Classes | None = None) -> types.ModuleTyp
         "HIGHEST_PROTOCOL",
         "DEFAULT_PROTOCOL",
     ):
-        setattr(module, name, getattr(pickle, name))
-    unpickler = type(
-        "RedirectingUnpickler", (RedirectingUnpickler,), {"classes": dict(classes or {})}
-    )
+        setattr(module, attr, getattr(pickle, attr))
     module.Unpickler = unpickler  # type: ignore[attr-defined]
     return module
 

@@ -32,7 +32,9 @@ from compat.formats.loading import module_context
 from compat.formats.rules import CHUNK_ELEMENTS, DECODE, RESTORE, Context, DictAccess
 from compat.nn.linear_quant import LinearQuant
 
-Location = tuple[str, ...]  # where a state_dict sits in the loaded object: () or (key,)
+#: where a state_dict sits in the loaded object: () or (key,), the dict's own key (an int
+#: key stays an int)
+Location = tuple[Any, ...]
 
 
 @dataclass
@@ -53,10 +55,21 @@ class Loaded:
 
 def safe_load(f: Path | IO[bytes], **kwargs: Any) -> Any:
     """``torch.load(f, weights_only=True)`` on the CPU, also accepting
-    :data:`unpickler.SAFE_CLASSES` (where this torch can be told: 2.5 and newer)."""
+    :data:`unpickler.SAFE_CLASSES` (where this torch can be told: 2.5 and newer). A pickle
+    protocol torch's weights-only reader cannot read (4, 5) is read by
+    :class:`unpickler.AllowlistUnpickler`, which allows the same globals."""
+    start = None if isinstance(f, Path) else f.tell()
     allow = getattr(torch.serialization, "safe_globals", None)
-    with allow(list(unpickler.SAFE_CLASSES)) if allow else contextlib.nullcontext():
-        return _quiet_load(f, weights_only=True, **kwargs)
+    try:
+        with allow(list(unpickler.SAFE_CLASSES)) if allow else contextlib.nullcontext():
+            return _quiet_load(f, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        if "Unsupported operand" not in str(err):  # a pickle protocol it cannot read
+            raise
+    if start is not None:
+        f.seek(start)  # type: ignore[union-attr]
+    allowlist = unpickler.allowlist_pickle_module()
+    return _quiet_load(f, weights_only=False, pickle_module=allowlist, **kwargs)
 
 
 def trusted_load(f: Path | IO[bytes], classes: Classes | None, *, label: str, **kwargs: Any) -> Any:
@@ -157,7 +170,7 @@ def _modules_to_state(path: Path, obj: Any, is_zip: bool) -> Loaded:
     if isinstance(obj, dict) and any(isinstance(v, nn.Module) for v in obj.values()):
         out = type(obj)()
         for key, value in obj.items():
-            out[key] = convert(value, (str(key),)) if isinstance(value, nn.Module) else value
+            out[key] = convert(value, (key,)) if isinstance(value, nn.Module) else value
         return Loaded(path, out, is_zip, True, contexts)
     return Loaded(path, obj, is_zip, False, contexts)
 
@@ -328,7 +341,7 @@ def state_dicts(obj: Any) -> list[tuple[Location, Mapping[str, Any]]]:
     if is_state_dict(obj):
         return [((), obj)]
     if isinstance(obj, Mapping):
-        return [((str(k),), v) for k, v in obj.items() if is_state_dict(v)]
+        return [((k,), v) for k, v in obj.items() if is_state_dict(v)]
     return []
 
 
