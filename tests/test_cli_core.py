@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,29 @@ def test_help_and_usage_exit_codes() -> None:
     assert main(["no-such-command"]) == 2
     assert main(["doctor", "--no-such-option"]) == 2
     assert main(["demo", "--help"]) == 0
+
+
+def test_options_may_come_between_positionals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from compat.cli import main
+
+    src = tmp_path / "m.pt"
+    legacy = {
+        "fc.weight": torch.randint(-128, 128, (4, 8)).float(),
+        "fc.scale": torch.rand(4),
+        "fc.bias": torch.zeros(4, dtype=torch.int32),
+    }
+    torch.save(legacy, src)
+    assert main(["upgrade", str(src), "-q", str(tmp_path / "a.pt")]) == 0
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["fc.weight"].dtype == torch.int8
+    assert main(["upgrade", str(src), "--output-dtype", "float16", str(tmp_path / "b.pt")]) == 0
+    assert (tmp_path / "b.pt").exists()
+    capsys.readouterr()
+    assert main(["upgrade", str(src), "-q", str(tmp_path / "c.pt"), "extra"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m compat upgrade" in err and "unrecognized arguments: extra" in err
+    assert not (tmp_path / "c.pt").exists()
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

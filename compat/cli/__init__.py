@@ -36,7 +36,8 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(_COMMANDS[name])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``python -m compat`` parser and each command's own parser."""
     parser = argparse.ArgumentParser(
         prog="python -m compat",
         description="linear-quant-compat: run, check and migrate code and checkpoints that use "
@@ -45,18 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = {}
     for name in _COMMANDS:
         module = _load(name)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.configure(cmd)
         cmd.set_defaults(_run=module.run)
-    return parser
+        commands[name] = cmd
+    return parser, commands
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Options may come between a command's positionals (``upgrade SRC --to torch DST``):
+    what the first pass leaves over is parsed again by the command's parser, intermixed."""
+    parser, commands = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command in commands:
+        command = commands[args.command]
+        rest = argv[argv.index(args.command) + 1 :]
+        try:
+            again = command.parse_intermixed_args(rest)
+        except TypeError:  # a parser intermixed parsing does not support
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        again.command = args.command
+        return again
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser, _commands = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
