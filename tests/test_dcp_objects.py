@@ -146,13 +146,14 @@ def test_bytes_buffers_and_plain_values_load_without_trust(tmp_path: Path) -> No
     state = compat.load_legacy(src)
     assert isinstance(state["train_state"], io.BytesIO)
     assert state["train_state"].getvalue() == b"step=3\x00\xff"
-    assert state["lr_scheduler.last_epoch"] == 3 and state["tokens_seen"] == 12345
+    assert state["lr_scheduler"] == {"last_epoch": 3, "_step_count": 4}  # as saved, nested
+    assert state["tokens_seen"] == 12345
     _check_against_oracle(state, legacy)
     out = tmp_path / "out.pt"
     assert cli(["upgrade", str(src), str(out), "--to", "torch", "-q"]) == 0
     again = compat.load_legacy(out)  # a torch file holding a BytesIO loads without trust
     assert again["train_state"].getvalue() == b"step=3\x00\xff"
-    assert again["optimizer.lr"] == 1e-4
+    assert again["optimizer"]["lr"] == 1e-4
     _check_against_oracle(again, legacy)
 
 
@@ -197,3 +198,39 @@ def test_an_entry_stored_transformed_keeps_its_descriptors(
     err = json.loads(capsys.readouterr().out)["error"]
     assert "entry 'step' is stored transformed (compat-test-codec)" in err
     assert "a conversion to DCP (the default --to) copies it as stored" in err
+
+
+def test_torch_output_and_load_legacy_keep_the_saved_nesting(tmp_path: Path) -> None:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    legacy = _legacy_layers(16)
+    optim = {"param_groups": [{"lr": 0.1, "params": ["b.weight"]}], "state": {}}
+    src = tmp_path / "src"
+    _save({"model": legacy, "optim": optim, "epoch": 3}, src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp_to_torch_save(str(src), str(tmp_path / "torch_own.pt"))  # torch's own layout
+    reference = torch.load(tmp_path / "torch_own.pt", weights_only=True)
+    out = tmp_path / "out.pt"
+    assert cli(["upgrade", str(src), str(out), "--to", "torch", "-q"]) == 0
+    for got in (torch.load(out, weights_only=True), compat.load_legacy(src)):
+        assert list(got) == list(reference) == ["model", "optim", "epoch"]
+        assert got["optim"] == reference["optim"] and got["epoch"] == 3
+        assert set(got["model"]) == set(reference["model"])
+        assert got["model"]["b.weight"].dtype == torch.int8  # upgraded inside the nesting
+        _check_against_oracle(got["model"], legacy)
+
+
+def test_a_saved_structure_that_clashes_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    _save({**_legacy_layers(17), "run": 1, "run.step": 2}, src)
+    metadata = FileSystemReader(str(src)).read_metadata()
+    metadata.planner_data["run.step"] = ("run", "step")  # "run" is a value, not a dict
+    (src / ".metadata").write_bytes(pickle.dumps(metadata))
+    assert cli(["upgrade", str(src), str(tmp_path / "o.pt"), "--to", "torch"]) == 1
+    err = capsys.readouterr().err
+    assert "the saved structure of 'run.step' (('run', 'step')) clashes" in err
+    assert not (tmp_path / "o.pt").exists()
+    assert cli(["upgrade", str(src), str(tmp_path / "o"), "-q"]) == 0  # DCP keeps flat names

@@ -28,13 +28,15 @@ class Opened:
     """A checkpoint opened for reading: its tensor names in file order, the planner's
     :class:`~compat.formats.rules.Access` to them, and how to close it. ``upgrade``: a
     format's own in-memory upgrade (torch files hold dicts of state_dicts); ``objects``:
-    non-tensor entries kept beside the tensors."""
+    non-tensor entries kept beside the tensors; ``shape``: how the result is nested."""
 
     keys: list[str]
     access: Access
     closer: Callable[[], None] | None = None
     upgrade: Callable[[OutputDtypes], Any] | None = None
     objects: Callable[[], dict[str, Any]] | None = None
+    #: the upgraded entries (by flat name) in the structure the format saved them in
+    shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def close(self) -> None:
         if self.closer is not None:
@@ -82,7 +84,7 @@ class FileFormat:
             upgraded = upgrade_state_dict(state, output_dtypes=output_dtypes)
             if opened.objects is not None:
                 upgraded.update(opened.objects())
-            return upgraded
+            return upgraded if opened.shape is None else opened.shape(upgraded)
         finally:
             opened.close()
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import pickle
@@ -738,12 +739,13 @@ def _verify_items(
 
 
 def _write_torch(reader: _Reader, report: UpgradeReport, out_dir: Path, name: str) -> None:
-    """One torch file (the whole upgraded state_dict is in memory while it is saved)."""
+    """One torch file of the state_dict as it was saved, nested (the whole upgraded
+    state_dict is in memory while it is saved)."""
     changes = _change_of(report)
     state: dict[str, Any] = {key: _upgraded(reader, changes, key) for key in reader.tensor_keys}
     state.update(reader.objects())
     with open(out_dir / name, "wb") as f:
-        torchfile.save(state, f, releaser=None, progress=None)
+        torchfile.save(nested(state, reader.metadata), f, releaser=None, progress=None)
         f.flush()
         os.fsync(f.fileno())
 
@@ -790,6 +792,76 @@ def _write_sharded(
     index_name = "model.safetensors.index.json"
     (out_dir / index_name).write_text(json.dumps(index, indent=2) + "\n")
     return [*names, index_name]
+
+
+def _paths(metadata: Metadata) -> dict[str, tuple[Any, ...]]:
+    """Where each flattened entry sat in the saved state_dict (DCP's planner data: e.g.
+    ``"optim.param_groups.0.lr"`` -> ``("optim", "param_groups", 0, "lr")``)."""
+    data = metadata.planner_data
+    if not isinstance(data, dict):
+        return {}
+    return {
+        key: tuple(path)
+        for key, path in data.items()
+        if isinstance(path, tuple | list)
+        and path
+        and all(isinstance(part, str | int) and not isinstance(part, bool) for part in path)
+    }
+
+
+def nested(flat: dict[str, Any], metadata: Metadata) -> dict[str, Any]:
+    """``flat`` (by DCP's flattened names) in the nesting of the state_dict that was
+    saved, as torch's ``dcp_to_torch_save`` rebuilds it: ``{"model": {...}, "optim":
+    {"param_groups": [{...}]}}``; an integer in a path is a list index. A name with no
+    recorded path stays a top-level key."""
+    paths = _paths(metadata)
+    root: dict[str, Any] = {}
+    for key, value in flat.items():
+        path = paths.get(key, (key,))
+        node: Any = root
+        try:
+            for here, below in itertools.pairwise(path):
+                node = _child(node, here, [] if isinstance(below, int) else {})
+            _put(node, path[-1], value)
+        except (TypeError, ValueError):
+            raise CheckpointError(
+                f"{METADATA}: the saved structure of {key!r} ({path}) clashes with another "
+                "entry's; use --to dcp, which keeps the flattened names"
+            ) from None
+    return root
+
+
+def _child(node: Any, key: Any, empty: Any) -> Any:
+    if isinstance(node, list):
+        _put(node, key, node[key] if key < len(node) and node[key] is not None else empty)
+        return node[key]
+    if not isinstance(node, dict) or (key in node and type(node[key]) is not type(empty)):
+        raise TypeError(key)
+    return node.setdefault(key, empty)
+
+
+def _put(node: Any, key: Any, value: Any) -> None:
+    if isinstance(node, list):
+        if not isinstance(key, int) or key < 0:
+            raise TypeError(key)
+        node.extend([None] * (key + 1 - len(node)))
+        node[key] = value
+    elif isinstance(node, dict) and not isinstance(key, int):
+        node[key] = value
+    else:
+        raise TypeError(key)
+
+
+def _flattened(tree: dict[str, Any], keys: list[str], metadata: Metadata) -> dict[str, Any]:
+    """The entries ``keys`` of a :func:`nested` state_dict, by their flattened names."""
+    paths = _paths(metadata)
+    out = {}
+    for key in keys:
+        node: Any = tree
+        for part in paths.get(key, (key,)):
+            node = node[part]
+        out[key] = node
+    return out
 
 
 # --------------------------------------------------------------------------- verification
@@ -873,9 +945,10 @@ def _reopen(target: str, staging: Path, names: list[str], reader: _Reader) -> _R
     if target == "torch":
         path = staging / names[0]
         if reader.trust_pickle:  # the entries it unpickled are in the file
-            state = torchfile.trusted_load(path, reader.classes, label=str(path), mmap=True)
-            return _Loaded(state, [])
-        return _Loaded(torchfile.safe_load(path, mmap=True), [])
+            tree = torchfile.trusted_load(path, reader.classes, label=str(path), mmap=True)
+        else:
+            tree = torchfile.safe_load(path, mmap=True)
+        return _Loaded(_flattened(tree, reader.tensor_keys, reader.metadata), [])
     handles = [
         safetensors_file.SafetensorsFile(staging / name)
         for name in names
@@ -1202,7 +1275,12 @@ class DcpFormat(files.FileFormat):
         self, path: Path, *, trust_pickle: bool, classes: Classes | None = None
     ) -> files.Opened:
         reader = _Reader(path, trust_pickle=trust_pickle, classes=classes)
-        return files.Opened(list(reader.tensor_keys), reader, objects=reader.objects)
+        return files.Opened(
+            list(reader.tensor_keys),
+            reader,
+            objects=reader.objects,
+            shape=lambda flat: nested(flat, reader.metadata),
+        )
 
 
 FORMAT: DcpFormat = DcpFormat()
