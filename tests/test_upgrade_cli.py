@@ -415,6 +415,17 @@ def test_pickle_protocols_4_and_5_load_weights_only(
     assert marker.exists()
 
 
+def test_state_dicts_two_levels_down_are_named_in_the_refusal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "deep.pt"
+    torch.save({"model": {"backbone": f4_state(), "head": f4_state(seed=1)}}, src)
+    assert cli(["upgrade", str(src), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "no state_dict found" in err
+    assert "state_dicts two levels down (['model']['backbone'], ['model']['head'])" in err
+
+
 def test_state_dicts_under_integer_keys_keep_their_keys(tmp_path: Path) -> None:
     first, second = f4_state(seed=1), f4_state(seed=2)
     src = tmp_path / "ensemble.pt"

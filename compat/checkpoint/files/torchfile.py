@@ -354,9 +354,23 @@ def plan(
 ) -> list[tuple[Location, UpgradeReport]]:
     found = state_dicts(loaded.obj)
     if not found:
+        deeper = [
+            f"[{k!r}][{j!r}]"
+            for k, v in (loaded.obj.items() if isinstance(loaded.obj, Mapping) else ())
+            if isinstance(v, Mapping)
+            for j, inner in v.items()
+            if is_state_dict(inner)
+        ]
+        hint = (
+            f"; it holds state_dicts two levels down ({', '.join(deeper[:3])}), which are not "
+            "read: pass each to compat.upgrade_state_dict, or save them one level down"
+            if deeper
+            else ""
+        )
         raise CheckpointError(
             f"{loaded.path}: no state_dict found (the file holds a {type(loaded.obj).__name__}; "
-            "expected a mapping of names to tensors, or a dict holding such mappings)"
+            f"expected a mapping of names to tensors, or a dict holding such mappings one "
+            f"level down{hint})"
         )
     plans = []
     for location, sd in found:
