@@ -452,3 +452,21 @@ def test_exported_names() -> None:
         "LinearA8W8QuantDeprecationWarning",
         "install_legacy_imports",
     } <= set(compat.__all__)
+
+
+def test_the_signature_shows_the_legacy_parameters_and_defaults() -> None:
+    import inspect
+
+    signature = inspect.signature(LinearA8W8Quant)
+    assert str(signature) == (
+        "(in_features, out_features, bias=True, offset=False, device=None, dtype=None, "
+        "output_dtype=None, *, pertoken_scale=False)"
+    )
+    for args, kwargs in [
+        ((4, 8, False, True), {}),
+        ((4, 8), {"bias": False, "pertoken_scale": True}),
+    ]:
+        signature.bind(*args, **kwargs)  # both legacy forms bind
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            LinearA8W8Quant(*args, **kwargs)  # and construct

@@ -22,6 +22,7 @@ caller's line with the equivalent ``LinearQuant`` call, which
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, Final
 
 import torch
@@ -261,6 +262,21 @@ class LinearA8W8Quant(LinearQuant):
             _construction_message(cls_name, call, positional),
             call,
         )
+
+    # what inspect.signature and IDEs show: the legacy parameters with their real
+    # defaults (the positional form of A1-A4; A5's keywords bind to it too)
+    __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("in_features", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("out_features", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            *(
+                inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value)
+                for name, value in zip(_POSITIONAL, (True, False, None, None, None), strict=True)
+            ),
+            inspect.Parameter("pertoken_scale", inspect.Parameter.KEYWORD_ONLY, default=False),
+        ]
+    )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickling a ``torch.save(model)`` of any variant: what an older one did not
