@@ -129,8 +129,12 @@ class AllowlistUnpickler(pickle.Unpickler):
     bring code into a pickle, so this is as safe as torch's weights-only reader, which
     does not read pickle protocols 4 and 5 (``torch.save(..., pickle_protocol=4)``)."""
 
+    _allowed: dict[str, Any] | None = None
+
     def find_class(self, module: str, name: str) -> Any:
-        allowed = _allowed_globals()
+        if self._allowed is None:
+            self._allowed = _allowed_globals()  # once per load: what was allowed then
+        allowed = self._allowed
         wanted = f"{module}.{name}"
         if wanted in allowed:
             return allowed[wanted]
