@@ -355,6 +355,29 @@ def test_a_crafted_metadata_pickle_runs_nothing(
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_metadata_pickle_cannot_change_an_allowed_class(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pathlib
+
+    src = tmp_path / "src"
+    _save(_legacy_layers(7), src)
+    original = (src / ".metadata").read_bytes()
+    assert original[:1] == b"\x80"
+    # GLOBAL pathlib.PosixPath; BUILD (None, {"exists": TensorProperties}); POP; then the
+    # real metadata: the C unpickler would setattr on the class for the whole process
+    tamper = (
+        b"\x80\x04cpathlib\nPosixPath\nN}X\x06\x00\x00\x00exists"
+        b"ctorch.distributed.checkpoint.metadata\nTensorProperties\ns\x86b0"
+    )
+    (src / ".metadata").write_bytes(tamper + original[2:])
+    exists = pathlib.PosixPath.exists
+    assert cli(["upgrade", str(src), "--dry-run"]) == 1
+    assert "BUILD on PosixPath" in capsys.readouterr().err
+    assert pathlib.PosixPath.exists is exists
+    assert not pathlib.Path(tmp_path / "nothing-here").exists()
+
+
 def test_to_is_refused_for_other_sources_and_safetensors_refuses_objects(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

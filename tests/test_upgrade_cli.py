@@ -389,30 +389,51 @@ class _Payload:
 
 @pytest.mark.parametrize("zip_format", [True, False])
 @pytest.mark.parametrize("protocol", [4, 5])
-def test_pickle_protocols_4_and_5_load_weights_only(
+def test_pickle_protocols_4_and_5_are_refused_unless_trusted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], protocol: int, zip_format: bool
 ) -> None:
+    # torch's weights-only reader cannot read them, and no other reader here is safe
+    # enough (a full unpickler runs payloads; see tests/test_dcp.py for BUILD tampering)
     state = f4_state(seed=protocol)
-    src = tmp_path / "p.pt"
     save = {"pickle_protocol": protocol, "_use_new_zipfile_serialization": zip_format}
-    torch.save(state, src, **save)
-    assert cli(["upgrade", str(src), str(tmp_path / "o.pt"), "-q"]) == 0
-    out = compat.load_legacy(tmp_path / "o.pt")
-    assert out["fc.weight"].dtype == torch.int8
-    assert torch.equal(out["fc.weight"].double(), state["fc.weight"].double())
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.pt"
     torch.save({**state, "x": _Payload(marker)}, evil, **save)
-    capsys.readouterr()
-    for args in ([str(evil), "--dry-run"], [str(evil), str(tmp_path / "e.pt")]):
-        assert cli(["upgrade", *args]) == 1
-        err = capsys.readouterr().err
-        assert "refusing to unpickle" in err and "posix.system" in err
-    with pytest.raises(compat.CheckpointError, match="refusing to unpickle"):
-        compat.load_legacy(evil)
-    assert not marker.exists() and not (tmp_path / "e.pt").exists()
+    plain = tmp_path / "plain.pt"
+    torch.save(state, plain, **save)
+    for src in (evil, plain):
+        for args in ([str(src), "--dry-run"], [str(src), str(tmp_path / "o.pt")]):
+            assert cli(["upgrade", *args]) == 1
+            err = capsys.readouterr().err
+            assert (
+                f"{src}: refusing to unpickle it: it is written with pickle protocol 4 or 5" in err
+            )
+            assert "--trust-pickle" in err
+        with pytest.raises(compat.CheckpointError, match="pickle protocol 4 or 5"):
+            compat.load_legacy(src)
+    assert not marker.exists() and not (tmp_path / "o.pt").exists()
+    assert cli(["upgrade", str(plain), str(tmp_path / "o.pt"), "-q", "--trust-pickle"]) == 0
+    out = compat.load_legacy(tmp_path / "o.pt")  # written with the default protocol
+    assert out["fc.weight"].dtype == torch.int8
+    assert torch.equal(out["fc.weight"].double(), state["fc.weight"].double())
     cli(["upgrade", str(evil), "--dry-run", "--trust-pickle"])  # control: the payload is live
     assert marker.exists()
+
+
+def test_a_legacy_format_file_whose_header_pickles_are_protocol_4_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    # torch's legacy format starts with small pickles (magic number, protocol, system
+    # info) read before the data: a payload there must not run either
+    import pickle
+
+    marker = tmp_path / "marker"
+    src = tmp_path / "legacy.pt"
+    src.write_bytes(pickle.dumps(_Payload(marker), protocol=4))
+    assert cli(["upgrade", str(src), "--dry-run"]) == 1
+    with pytest.raises(compat.CheckpointError):
+        compat.load_legacy(src)
+    assert not marker.exists()
 
 
 def test_state_dicts_two_levels_down_are_named_in_the_refusal(

@@ -5,6 +5,8 @@ containers, which is what keeps a malicious ``__reduce__`` from running. A
 whole-module pickle (``torch.save(model)``) of torch_npu's classes is refused the same
 way; with explicit trust it is loaded through an unpickler that maps
 ``torch_npu.contrib.module.*`` to compat's classes, so torch_npu need not be installed.
+:class:`RestrictedUnpickler` reads pickles that are not torch files (DCP's ``.metadata``)
+calling only the globals a subclass allows and never changing them.
 """
 
 from __future__ import annotations
@@ -122,43 +124,78 @@ def redirecting_pickle_module(classes: Classes | None = None) -> types.ModuleTyp
     return _pickle_module("compat_redirecting_pickle", unpickler)
 
 
-class AllowlistUnpickler(pickle.Unpickler):
-    """Python's own unpickler (every pickle protocol) allowing only the globals that
-    ``torch.load(weights_only=True)`` allows: torch's weights-only allowlist, what
-    ``torch.serialization`` was told is safe, and :data:`SAFE_CLASSES`. Only globals can
-    bring code into a pickle, so this is as safe as torch's weights-only reader, which
-    does not read pickle protocols 4 and 5 (``torch.save(..., pickle_protocol=4)``)."""
+#: Python's own unpickler and its opcode handlers (the stdlib types them loosely)
+_PyUnpickler: Any = pickle._Unpickler
+_HANDLERS: dict[int, Any] = dict(_PyUnpickler.dispatch)
 
-    _allowed: dict[str, Any] | None = None
+
+class RestrictedUnpickler(_PyUnpickler):  # type: ignore[misc]  # untyped stdlib base
+    """A pickle reader that runs nothing a file chooses: a subclass's :meth:`find_class`
+    names the globals allowed, and only those may be called (REDUCE, NEWOBJ, OBJ), and
+    BUILD sets state only on the objects they made, never on a class, function or module
+    itself (the C unpickler would ``setattr`` on an allowed class, changing it for the
+    whole process). Python's own unpickler (``pickle._Unpickler``) is used because its
+    opcode handlers can be replaced; the C one cannot be."""
+
+    dispatch: ClassVar[dict[int, Any]] = dict(_HANDLERS)
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self._callables: set[int] = set()  # ids of what find_class returned
 
     def find_class(self, module: str, name: str) -> Any:
-        if self._allowed is None:
-            self._allowed = _allowed_globals()  # once per load: what was allowed then
-        allowed = self._allowed
-        wanted = f"{module}.{name}"
-        if wanted in allowed:
-            return allowed[wanted]
-        raise pickle.UnpicklingError(
-            f"Unsupported global: GLOBAL {wanted} was not an allowed global (weights only)"
-        )
+        found = self.allowed_global(module, name)
+        self._callables.add(id(found))
+        return found
 
+    def allowed_global(self, module: str, name: str) -> Any:
+        """The global ``module.name`` if allowed (found with :meth:`lookup`); raise
+        otherwise. Subclasses decide."""
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
 
-def allowlist_pickle_module() -> types.ModuleType:
-    """A ``pickle``-like module whose unpickler is :class:`AllowlistUnpickler`."""
-    return _pickle_module("compat_allowlist_pickle", AllowlistUnpickler)
+    def lookup(self, module: str, name: str) -> Any:
+        """Import ``module.name`` (for :meth:`allowed_global`, once it has allowed it)."""
+        return _PyUnpickler.find_class(self, module, name)
 
+    def _check_callable(self, value: Any, opcode: str) -> None:
+        if id(value) not in self._callables:
+            raise pickle.UnpicklingError(
+                f"{opcode} on {type(value).__name__}, which is not an allowed global"
+            )
 
-def _allowed_globals() -> dict[str, Any]:
-    import torch.serialization
-    from torch import _weights_only_unpickler  # torch's own list: the one source of truth
+    def _reduce(self) -> None:
+        self._check_callable(self.stack[-2], "REDUCE")
+        _HANDLERS[pickle.REDUCE[0]](self)
 
-    get = getattr(_weights_only_unpickler, "_get_allowed_globals", None)
-    allowed: dict[str, Any] = dict(get()) if get is not None else {}
-    safe: list[Any] = getattr(torch.serialization, "get_safe_globals", list)()
-    for entry in [*safe, *SAFE_CLASSES]:
-        obj, spelled = entry if isinstance(entry, tuple) else (entry, None)
-        allowed[spelled or f"{obj.__module__}.{obj.__qualname__}"] = obj
-    return allowed
+    def _newobj(self) -> None:
+        self._check_callable(self.stack[-2], "NEWOBJ")
+        _HANDLERS[pickle.NEWOBJ[0]](self)
+
+    def _newobj_ex(self) -> None:
+        self._check_callable(self.stack[-3], "NEWOBJ_EX")
+        _HANDLERS[pickle.NEWOBJ_EX[0]](self)
+
+    def _obj(self) -> None:
+        if self.stack:  # OBJ: the class is the first item after the mark
+            self._check_callable(self.stack[0], "OBJ")
+        _HANDLERS[pickle.OBJ[0]](self)
+
+    def _build(self) -> None:
+        target = self.stack[-2]
+        if id(target) in self._callables or isinstance(
+            target, type | types.FunctionType | types.BuiltinFunctionType | types.ModuleType
+        ):
+            raise pickle.UnpicklingError(
+                f"BUILD on {getattr(target, '__qualname__', type(target).__name__)}: a pickle "
+                "may set the state of the objects it makes, not of a class or function"
+            )
+        _HANDLERS[pickle.BUILD[0]](self)
+
+    dispatch[pickle.REDUCE[0]] = _reduce
+    dispatch[pickle.NEWOBJ[0]] = _newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _newobj_ex
+    dispatch[pickle.OBJ[0]] = _obj
+    dispatch[pickle.BUILD[0]] = _build
 
 
 def _pickle_module(name: str, unpickler: type[pickle.Unpickler]) -> types.ModuleType:
@@ -177,6 +214,23 @@ def _pickle_module(name: str, unpickler: type[pickle.Unpickler]) -> types.Module
         setattr(module, attr, getattr(pickle, attr))
     module.Unpickler = unpickler  # type: ignore[attr-defined]
     return module
+
+
+def unreadable_protocol(err: BaseException) -> bool:
+    """Whether a weights-only load failed on a pickle opcode it does not read: files
+    written with ``torch.save(..., pickle_protocol=4)`` or 5."""
+    return "Unsupported operand" in str(err)
+
+
+def protocol_refusal(path: Path, entry: str | None = None) -> str:
+    """Why a file (``entry``: one entry of it) in pickle protocol 4 or 5 is refused."""
+    what = "it is" if entry is None else f"its entry {entry!r} is"
+    return (
+        f"{path}: refusing to unpickle it: {what} written with pickle protocol 4 or 5, which "
+        "torch's weights-only reader cannot read, and a full unpickling can run arbitrary "
+        "code. If you trust where the file comes from, pass --trust-pickle (API: "
+        "trust_pickle=True); or re-save it with torch.save's default protocol."
+    )
 
 
 def globals_in(path: Path | None, err: BaseException) -> list[str]:

@@ -115,16 +115,16 @@ _OTHER_GLOBALS = frozenset(
 )
 
 
-class _MetadataUnpickler(pickle.Unpickler):
+class _MetadataUnpickler(unpickler.RestrictedUnpickler):
     """``.metadata`` is a pickle: only DCP's metadata classes, torch dtypes and sizes and
-    paths may be named in it, so a crafted file cannot run code (DCP's own reader would
-    unpickle anything)."""
+    paths may be named in it, and none of them changed (see the base class), so a crafted
+    file cannot run code or alter this process (DCP's own reader unpickles anything)."""
 
-    def find_class(self, module: str, name: str) -> Any:
+    def allowed_global(self, module: str, name: str) -> Any:
         dcp_class = module.startswith("torch.distributed.checkpoint.") and name in _DCP_CLASSES
         dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
         if dcp_class or dtype or (module, name) in _OTHER_GLOBALS:
-            return super().find_class(module, name)
+            return self.lookup(module, name)
         raise CheckpointError(
             f"refusing to unpickle the DCP metadata: it names {module}.{name}, which is not "
             "part of torch.distributed.checkpoint's metadata (a crafted file could run code)"
@@ -394,9 +394,16 @@ class _Reader:
             try:
                 return torchfile.safe_load(window)  # type: ignore[arg-type]
             except pickle.UnpicklingError as err:
-                names = unpickler.globals_in(None, err)
-                if not names:
+                protocol = unpickler.unreadable_protocol(err)
+                names = [] if protocol else unpickler.globals_in(None, err)
+                if not names and not protocol:
                     raise self._unreadable(path, key, start, length, err) from None
+                if protocol and not self.trust_pickle:
+                    raise CheckpointError(
+                        unpickler.protocol_refusal(path, key)
+                        + " A conversion to DCP (the default --to) copies the entry byte for "
+                        "byte without unpickling it."
+                    ) from None
                 if not self.trust_pickle:
                     raise CheckpointError(
                         unpickler.refusal_message(path, names, key)

@@ -55,21 +55,10 @@ class Loaded:
 
 def safe_load(f: Path | IO[bytes], **kwargs: Any) -> Any:
     """``torch.load(f, weights_only=True)`` on the CPU, also accepting
-    :data:`unpickler.SAFE_CLASSES` (where this torch can be told: 2.5 and newer). A pickle
-    protocol torch's weights-only reader cannot read (4, 5) is read by
-    :class:`unpickler.AllowlistUnpickler`, which allows the same globals."""
-    start = None if isinstance(f, Path) else f.tell()
+    :data:`unpickler.SAFE_CLASSES` (where this torch can be told: 2.5 and newer)."""
     allow = getattr(torch.serialization, "safe_globals", None)
-    try:
-        with allow(list(unpickler.SAFE_CLASSES)) if allow else contextlib.nullcontext():
-            return _quiet_load(f, weights_only=True, **kwargs)
-    except pickle.UnpicklingError as err:
-        if "Unsupported operand" not in str(err):  # a pickle protocol it cannot read
-            raise
-    if start is not None:
-        f.seek(start)  # type: ignore[union-attr]
-    allowlist = unpickler.allowlist_pickle_module()
-    return _quiet_load(f, weights_only=False, pickle_module=allowlist, **kwargs)
+    with allow(list(unpickler.SAFE_CLASSES)) if allow else contextlib.nullcontext():
+        return _quiet_load(f, weights_only=True, **kwargs)
 
 
 def trusted_load(f: Path | IO[bytes], classes: Classes | None, *, label: str, **kwargs: Any) -> Any:
@@ -109,8 +98,11 @@ def load(path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> L
     try:
         obj = safe_load(path, mmap=is_zip)
     except pickle.UnpicklingError as err:
-        names = unpickler.globals_in(path, err)
-        if not names:
+        protocol = unpickler.unreadable_protocol(err)
+        names = [] if protocol else unpickler.globals_in(path, err)
+        if protocol and not trust_pickle:
+            raise CheckpointError(unpickler.protocol_refusal(path)) from None
+        if not names and not protocol:
             raise CheckpointError(
                 f"{path}: not a torch checkpoint, or corrupt ({_last_line(err)})"
             ) from None
