@@ -378,6 +378,47 @@ def test_a_metadata_pickle_cannot_change_an_allowed_class(
     assert not pathlib.Path(tmp_path / "nothing-here").exists()
 
 
+def test_dcp_never_reads_the_metadata_itself(tmp_path: Path) -> None:
+    # a transformed item is read through DCP's own loader, which would pickle.load
+    # .metadata again and, where that fails, an unchecked __0.metadata: make .metadata
+    # readable by Python's unpickler only (FLOAT "1_0"), and __0.metadata a payload
+    src = tmp_path / "src"
+    _save({"w": torch.ones(2)}, src)
+    metadata = FileSystemReader(str(src)).read_metadata()
+    for info in metadata.storage_data.values():
+        info.transform_descriptors = ["compat-test-codec"]
+    body = pickle.dumps(metadata, protocol=2)
+    (src / ".metadata").write_bytes(body[:-1] + b"F1_0\n0.")
+    marker = tmp_path / "marker"
+    (src / "__0.metadata").write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    with pytest.raises(compat.CheckpointError):
+        compat.load_legacy(src)  # the made-up codec cannot be decoded
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_a_metadata_pickle_cannot_change_an_enum_member(tmp_path: Path) -> None:
+    from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING
+
+    src = tmp_path / "src"
+    _save(_legacy_layers(8), src)
+    original = (src / ".metadata").read_bytes()
+    member = b"ctorch.distributed.checkpoint.metadata\n_MEM_FORMAT_ENCODING\nK\x00\x85R"
+    build = b"}X\x07\x00\x00\x00_value_K\x01sb0"  # BUILD {"_value_": 1}; POP
+    (src / ".metadata").write_bytes(original[:2] + member + build + original[2:])
+    value = _MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT.value
+    with pytest.raises(compat.CheckpointError, match="BUILD on _MEM_FORMAT_ENCODING"):
+        compat.load_legacy(src)
+    assert _MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT.value == value
+
+
 def test_to_is_refused_for_other_sources_and_safetensors_refuses_objects(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,7 @@ calling only the globals a subclass allows and never changing them.
 
 from __future__ import annotations
 
+import enum
 import importlib
 import io
 import pickle
@@ -181,14 +182,26 @@ class RestrictedUnpickler(_PyUnpickler):  # type: ignore[misc]  # untyped stdlib
         _HANDLERS[pickle.OBJ[0]](self)
 
     def _build(self) -> None:
-        target = self.stack[-2]
-        if id(target) in self._callables or isinstance(
-            target, type | types.FunctionType | types.BuiltinFunctionType | types.ModuleType
-        ):
+        state, target = self.stack[-1], self.stack[-2]
+        shared = id(target) in self._callables or isinstance(
+            target,
+            type | types.FunctionType | types.BuiltinFunctionType | types.ModuleType | enum.Enum,
+        )
+        if shared:  # an enum member is one object for the whole process
             raise pickle.UnpicklingError(
                 f"BUILD on {getattr(target, '__qualname__', type(target).__name__)}: a pickle "
-                "may set the state of the objects it makes, not of a class or function"
+                "may set the state of the objects it makes, not of a class, function or "
+                "enum member"
             )
+        parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+        for part in parts:
+            if isinstance(part, dict) and any(
+                not isinstance(k, str) or k.startswith("__") for k in part
+            ):
+                raise pickle.UnpicklingError(
+                    f"BUILD on {type(target).__name__} sets a special attribute "
+                    f"({', '.join(map(repr, part))})"
+                )
         _HANDLERS[pickle.BUILD[0]](self)
 
     dispatch[pickle.REDUCE[0]] = _reduce

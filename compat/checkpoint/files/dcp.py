@@ -32,6 +32,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -121,8 +122,14 @@ class _MetadataUnpickler(unpickler.RestrictedUnpickler):
     file cannot run code or alter this process (DCP's own reader unpickles anything)."""
 
     def allowed_global(self, module: str, name: str) -> Any:
-        dcp_class = module.startswith("torch.distributed.checkpoint.") and name in _DCP_CLASSES
-        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        # nothing is imported for a name that is not allowed: only modules already loaded,
+        # and torch's own attributes without its lazy submodule imports
+        dcp_class = (
+            module.startswith("torch.distributed.checkpoint.")
+            and module in sys.modules
+            and name in _DCP_CLASSES
+        )
+        dtype = module == "torch" and isinstance(vars(torch).get(name), torch.dtype)
         if dcp_class or dtype or (module, name) in _OTHER_GLOBALS:
             return self.lookup(module, name)
         raise CheckpointError(
@@ -191,6 +198,10 @@ class _Reader:
         self.tensor_keys = [k for k, v in entries.items() if isinstance(v, TensorStorageMetadata)]
         self.object_keys = [k for k, v in entries.items() if isinstance(v, BytesStorageMetadata)]
         self._reader = FileSystemReader(str(path))
+        # DCP's loader (for transformed items) would read .metadata again with a plain
+        # pickle.load, and fall back to an unchecked __0.metadata: it gets the checked one
+        checked = self.metadata
+        self._reader.read_metadata = lambda *_args, **_kwargs: checked  # type: ignore[method-assign]
         self._cache: dict[str, torch.Tensor] = {}  # the last tensor read (its chunks)
         #: whether planning leaves float weights' int8 check to the writer (:func:`convert`)
         self.defer_weight_checks = False
@@ -214,6 +225,7 @@ class _Reader:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
+        from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.state_dict_loader import load as load_state_dict
 
         self._cache = {}  # release the previous tensor before reading the next
@@ -226,7 +238,7 @@ class _Reader:
                     load_state_dict({key: out}, storage_reader=self._reader)
         except CheckpointError:
             raise
-        except Exception as err:
+        except (Exception, CheckpointException) as err:  # DCP's is a BaseException
             raise CheckpointError(
                 f"{self.path}: reading tensor {key!r} failed ({type(err).__name__}: "
                 f"{str(err).strip().splitlines()[-1][:300] if str(err).strip() else err})"

@@ -229,12 +229,13 @@ def _rebuilt(storage: object, offset: object, size: object, stride: object, *_: 
     return _Rebuilt(storage, offset, size, stride)
 
 
-class _TensorRecordUnpickler(pickle.Unpickler):
+class _TensorRecordUnpickler(unpickler.RestrictedUnpickler):
     """Reads the ``data.pkl`` of ``torch.save(tensor)`` without building anything: only
     the plain-tensor rebuild function, ``OrderedDict`` (its empty hooks) and torch's
-    storage classes may be named; anything else is :class:`_NotPlain`."""
+    storage classes may be named (and none of them changed); anything else is
+    :class:`_NotPlain`."""
 
-    def find_class(self, module: str, name: str) -> Any:
+    def allowed_global(self, module: str, name: str) -> Any:
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return _rebuilt
         if (module, name) == ("collections", "OrderedDict"):
