@@ -56,10 +56,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, commands
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse(
+    parser: argparse.ArgumentParser,
+    commands: dict[str, argparse.ArgumentParser],
+    argv: Sequence[str] | None,
+) -> argparse.Namespace:
     """Options may come between a command's positionals (``upgrade SRC --to torch DST``):
     what the first pass leaves over is parsed again by the command's parser, intermixed."""
-    parser, commands = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command in commands:
@@ -77,9 +80,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, _commands = build_parser()
+    parser, commands = build_parser()
     try:
-        args = _parse(argv)
+        args = _parse(parser, commands, argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
