@@ -119,10 +119,24 @@ def _resolve(wanted: str, target: object) -> Any:
 def redirecting_pickle_module(classes: Classes | None = None) -> types.ModuleType:
     """A ``pickle``-like module for ``torch.load(pickle_module=...)``; ``classes`` maps
     pickled class names to replacements (see :data:`Classes`)."""
+    module = types.ModuleType("compat_redirecting_pickle")
+    for name in (
+        "load",
+        "loads",
+        "dump",
+        "dumps",
+        "Pickler",
+        "UnpicklingError",
+        "PicklingError",
+        "HIGHEST_PROTOCOL",
+        "DEFAULT_PROTOCOL",
+    ):
+        setattr(module, name, getattr(pickle, name))
     unpickler = type(
         "RedirectingUnpickler", (RedirectingUnpickler,), {"classes": dict(classes or {})}
     )
-    return _pickle_module("compat_redirecting_pickle", unpickler)
+    module.Unpickler = unpickler  # type: ignore[attr-defined]
+    return module
 
 
 #: Python's own unpickler and its opcode handlers (the stdlib types them loosely)
@@ -211,31 +225,21 @@ class RestrictedUnpickler(_PyUnpickler):  # type: ignore[misc]  # untyped stdlib
     dispatch[pickle.BUILD[0]] = _build
 
 
-def _pickle_module(name: str, unpickler: type[pickle.Unpickler]) -> types.ModuleType:
-    module = types.ModuleType(name)
-    for attr in (
-        "load",
-        "loads",
-        "dump",
-        "dumps",
-        "Pickler",
-        "UnpicklingError",
-        "PicklingError",
-        "HIGHEST_PROTOCOL",
-        "DEFAULT_PROTOCOL",
-    ):
-        setattr(module, attr, getattr(pickle, attr))
-    module.Unpickler = unpickler  # type: ignore[attr-defined]
-    return module
+def weights_only_refusal(
+    err: BaseException, path: Path, *, entry: str | None = None, whole_file: bool = True
+) -> str | None:
+    """Why a weights-only load of ``path`` (``entry``: one entry of it) that failed with
+    ``err`` is refused: the pickle needs classes beyond weights, or is in pickle protocol
+    4 or 5 (an opcode torch's weights-only reader does not read). None: it failed for
+    another reason (a corrupt file). ``whole_file``: the pickle is the file at ``path``,
+    so every global it needs can be listed, not only the one ``err`` names."""
+    if "Unsupported operand" in str(err):
+        return _protocol_refusal(path, entry)
+    names = globals_in(path if whole_file else None, err)
+    return refusal_message(path, names, entry) if names else None
 
 
-def unreadable_protocol(err: BaseException) -> bool:
-    """Whether a weights-only load failed on a pickle opcode it does not read: files
-    written with ``torch.save(..., pickle_protocol=4)`` or 5."""
-    return "Unsupported operand" in str(err)
-
-
-def protocol_refusal(path: Path, entry: str | None = None) -> str:
+def _protocol_refusal(path: Path, entry: str | None = None) -> str:
     """Why a file (``entry``: one entry of it) in pickle protocol 4 or 5 is refused."""
     what = "it is" if entry is None else f"its entry {entry!r} is"
     return (

@@ -406,21 +406,13 @@ class _Reader:
             try:
                 return torchfile.safe_load(window)  # type: ignore[arg-type]
             except pickle.UnpicklingError as err:
-                protocol = unpickler.unreadable_protocol(err)
-                names = [] if protocol else unpickler.globals_in(None, err)
-                if not names and not protocol:
+                refusal = unpickler.weights_only_refusal(err, path, entry=key, whole_file=False)
+                if refusal is None:
                     raise self._unreadable(path, key, start, length, err) from None
-                if protocol and not self.trust_pickle:
-                    raise CheckpointError(
-                        unpickler.protocol_refusal(path, key)
-                        + " A conversion to DCP (the default --to) copies the entry byte for "
-                        "byte without unpickling it."
-                    ) from None
                 if not self.trust_pickle:
                     raise CheckpointError(
-                        unpickler.refusal_message(path, names, key)
-                        + " A conversion to DCP (the default --to) copies the entry byte for "
-                        "byte without unpickling it."
+                        refusal + " A conversion to DCP (the default --to) copies the entry "
+                        "byte for byte without unpickling it."
                     ) from None
             except Exception as err:
                 raise self._unreadable(path, key, start, length, err) from None
@@ -957,10 +949,8 @@ class _Loaded:
             handle.close()
 
 
-def _reopen(target: str, staging: Path, names: list[str], reader: _Reader) -> _Reader | _Loaded:
-    """The written output, for verification."""
-    if target == "dcp":
-        return _Reader(staging)
+def _reopen(target: str, staging: Path, names: list[str], reader: _Reader) -> _Loaded:
+    """The written torch or safetensors output, for verification."""
     if target == "torch":
         path = staging / names[0]
         if reader.trust_pickle:  # the entries it unpickled are in the file
@@ -1217,13 +1207,14 @@ def _stage_and_commit(
                 os.fsync(f.fileno())
         atomic.fsync_dir(staging)
         progress.phase("verifying")
-        if target == "dcp" and rewrite:
+        staged = _Reader(staging) if target == "dcp" else None  # its metadata read once
+        if staged is not None and rewrite:
             objects = [k for k in reader.object_keys if _mine(reader, k)]
-            _verify_objects(reader, _Reader(staging), objects)
+            _verify_objects(reader, staged, objects)
         if jobs > 1:
             _in_workers(_verify_items, reader, report, keys, jobs, progress, staging)
         else:
-            written = _reopen(target, staging, names, reader)
+            written = staged if staged is not None else _reopen(target, staging, names, reader)
             try:
                 _verify(reader, report, written, keys, progress)
             finally:

@@ -98,16 +98,13 @@ def load(path: Path, *, trust_pickle: bool, classes: Classes | None = None) -> L
     try:
         obj = safe_load(path, mmap=is_zip)
     except pickle.UnpicklingError as err:
-        protocol = unpickler.unreadable_protocol(err)
-        names = [] if protocol else unpickler.globals_in(path, err)
-        if protocol and not trust_pickle:
-            raise CheckpointError(unpickler.protocol_refusal(path)) from None
-        if not names and not protocol:
+        refusal = unpickler.weights_only_refusal(err, path)
+        if refusal is None:
             raise CheckpointError(
                 f"{path}: not a torch checkpoint, or corrupt ({_last_line(err)})"
             ) from None
         if not trust_pickle:
-            raise CheckpointError(unpickler.refusal_message(path, names)) from None
+            raise CheckpointError(refusal) from None
         obj = trusted_load(path, classes, label=str(path), mmap=is_zip)
         loaded = _modules_to_state(path, obj, is_zip)
         loaded.releaser = PageReleaser(path, enabled=is_zip and _native_order(path))
